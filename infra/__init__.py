@@ -1,0 +1,1 @@
+"""Where lifecycle lives: settings, the warehouse schema and its migrations, deployments."""

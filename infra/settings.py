@@ -1,0 +1,172 @@
+"""Settings: where the warehouse, the project config and the outbox are, resolved from flags and env.
+
+Precedence for every setting: command-line flag > environment variable > lifecycle.yaml > default.
+
+    LIFECYCLE_HOME     state folder (default ~/.lifecycle): warehouse.db, outbox/, reports
+    LIFECYCLE_DB_URL   any SQLAlchemy URL (default sqlite:///$LIFECYCLE_HOME/warehouse.db)
+    LIFECYCLE_CONFIG   project config file (default ./lifecycle.yaml, else the built-in default)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from infra.errors import ConfigError
+from infra.yamlsource import SourceDoc, format_located, load_yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_PLAYBOOKS = REPO_ROOT / "playbooks"
+CONFIG_NAME = "lifecycle.yaml"
+
+ChannelType = Literal["outbox", "email", "webhook", "wecom"]
+IMPLEMENTED_CHANNEL_TYPES = {"outbox"}
+
+
+def lifecycle_home() -> Path:
+    """The state folder; created on first use."""
+    home = Path(os.environ.get("LIFECYCLE_HOME") or Path.home() / ".lifecycle").expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def default_db_url() -> str:
+    return f"sqlite:///{lifecycle_home() / 'warehouse.db'}"
+
+
+class ChannelConfig(BaseModel):
+    """One delivery channel. `consent` names the consent channel that governs it (default: its name)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: ChannelType
+    consent: str | None = None
+    purpose: str = "marketing"
+    # outbox: a JSON-lines file (default $LIFECYCLE_HOME/outbox/<channel>.jsonl) or the warehouse's
+    # `outbox` table when `table: true`.
+    path: str | None = None
+    table: bool = False
+
+
+class ProjectConfig(BaseModel):
+    """lifecycle.yaml: logical names (channels, warehouse) resolved to real places; no secrets inline."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    warehouse: str | None = None
+    channels: dict[str, ChannelConfig] = Field(default_factory=dict)
+    source: str = "built-in default"
+
+    def channel(self, name: str) -> ChannelConfig:
+        return self.channels[name]
+
+
+DEFAULT_CHANNELS = {
+    "advisor": {"type": "outbox", "consent": "wecom"},
+    "sms": {"type": "outbox"},
+    "push": {"type": "outbox"},
+    "email": {"type": "outbox"},
+}
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(value: Any, doc: SourceDoc, path: tuple) -> Any:
+    """Replace ${VAR} in strings from the environment; a missing variable is a config error."""
+    if isinstance(value, dict):
+        return {k: _expand_env(v, doc, (*path, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, doc, (*path, i)) for i, v in enumerate(value)]
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise ConfigError(
+                    format_located(doc, path, f"environment variable {name} is not set",
+                                   f"export {name}=... before running, or remove the reference"),
+                    code="L202",
+                )
+            return os.environ[name]
+        return _ENV_REF.sub(sub, value)
+    return value
+
+
+def find_config_path(explicit: str | None) -> Path | None:
+    """--config, else LIFECYCLE_CONFIG, else ./lifecycle.yaml, else the repo's lifecycle.yaml."""
+    chosen = explicit or os.environ.get("LIFECYCLE_CONFIG")
+    if chosen:
+        path = Path(chosen).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}",
+                              hint="pass an existing file to --config, or unset LIFECYCLE_CONFIG", code="L201")
+        return path
+    for candidate in (Path.cwd() / CONFIG_NAME, REPO_ROOT / CONFIG_NAME):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(explicit: str | None = None) -> ProjectConfig:
+    """Load and validate the project config; every problem points at file:line:col."""
+    path = find_config_path(explicit)
+    if path is None:
+        return ProjectConfig(channels={k: ChannelConfig(**v) for k, v in DEFAULT_CHANNELS.items()})
+    doc = load_yaml(path, kind="config file")
+    data = doc.data if doc.data is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(format_located(doc, (), "the config must be a mapping of settings",
+                                         "start with `channels:`"), code="L203")
+    data = _expand_env(data, doc, ())
+    try:
+        config = ProjectConfig(**data, source=str(path))
+    except ValidationError as exc:
+        raise ConfigError(_validation_text(doc, exc), code="L204") from None
+    for name, channel in config.channels.items():
+        if channel.type not in IMPLEMENTED_CHANNEL_TYPES:
+            raise ConfigError(
+                format_located(doc, ("channels", name, "type"),
+                               f"channel type '{channel.type}' is not available in this version",
+                               "use `type: outbox` for now"),
+                code="L205",
+            )
+    return config
+
+
+def _validation_text(doc: SourceDoc, exc: ValidationError) -> str:
+    import difflib
+
+    parts = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        hint = None
+        if err["type"] == "extra_forbidden":
+            parent = loc[:-1]
+            allowed = _allowed_keys(parent)
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
+            msg = f"unknown key '{loc[-1]}'"
+        else:
+            msg = err["msg"]
+        parts.append(format_located(doc, loc, msg, hint))
+    return "\n".join(parts)
+
+
+def _allowed_keys(parent: tuple) -> list[str]:
+    if len(parent) == 2 and parent[0] == "channels":
+        return sorted(ChannelConfig.model_fields)
+    return sorted(k for k in ProjectConfig.model_fields if k != "source")
+
+
+def resolve_db_url(flag: str | None, config: ProjectConfig | None = None) -> str:
+    """--db, else LIFECYCLE_DB_URL, else the config's `warehouse`, else the SQLite file in LIFECYCLE_HOME."""
+    return flag or os.environ.get("LIFECYCLE_DB_URL") or (config.warehouse if config else None) or default_db_url()
+
+
+def outbox_dir() -> Path:
+    path = lifecycle_home() / "outbox"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

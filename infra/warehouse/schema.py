@@ -1,0 +1,139 @@
+"""The warehouse tables as SQLAlchemy Core metadata: what every stage reads and writes.
+
+This is the current shape; each change to it ships with an Alembic migration in migrations/versions,
+so an existing warehouse upgrades instead of being rebuilt.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; elsewhere ids need 64 bits at retail scale.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+Money = Numeric(12, 2, asdecimal=False)
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("customer_id", String(64), primary_key=True),
+    Column("signed_up_at", DateTime, nullable=False),
+    Column("timezone", String(64), nullable=False),  # IANA name, e.g. Asia/Shanghai
+    Column("member_tier", String(16)),  # bronze / silver / gold / diamond
+    Column("points", Integer),
+    Column("birthday", Date),
+    Column("first_name", String(64)),
+    Column("email", String(254)),
+    Column("phone", String(32)),
+    Column("advisor_id", String(64)),  # the enterprise-chat advisor this customer is assigned to
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("order_id", String(64), primary_key=True),
+    Column("customer_id", String(64), nullable=False),
+    Column("ordered_at", DateTime, nullable=False),
+    Column("amount", Money, nullable=False),
+    Column("channel", String(32)),  # store / app / miniprogram / web
+    Column("category", String(64)),
+    Column("items", Integer),
+    Index("ix_orders_customer_time", "customer_id", "ordered_at"),
+    Index("ix_orders_time", "ordered_at"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("event_id", BigId, primary_key=True, autoincrement=True),
+    Column("customer_id", String(64), nullable=False),
+    Column("occurred_at", DateTime, nullable=False),
+    Column("type", String(64), nullable=False),  # app.visit, product.view, message.open, ...
+    Column("channel", String(32)),  # app, miniprogram, sms, email, push, wecom
+    Index("ix_events_customer_time", "customer_id", "occurred_at"),
+    Index("ix_events_time", "occurred_at"),
+)
+
+consents = Table(
+    "consents",
+    metadata,
+    Column("consent_id", BigId, primary_key=True, autoincrement=True),
+    Column("customer_id", String(64), nullable=False),
+    Column("channel", String(32), nullable=False),  # sms / email / push / wecom
+    Column("purpose", String(32), nullable=False),  # marketing / service
+    Column("granted_at", DateTime, nullable=False),
+    Column("withdrawn_at", DateTime),
+    Index("ix_consents_customer", "customer_id", "channel", "purpose"),
+)
+
+# The touch ledger: one row per (playbook version, step, customer, window), written before any send.
+touches = Table(
+    "touches",
+    metadata,
+    Column("touch_key", String(64), primary_key=True),
+    Column("run_id", String(64)),
+    Column("playbook", String(128), nullable=False),
+    Column("playbook_version", String(32), nullable=False),
+    Column("plan_hash", String(64), nullable=False),
+    Column("step", String(64), nullable=False),
+    Column("as_of", Date, nullable=False),
+    Column("customer_id", String(64), nullable=False),
+    Column("segment", String(64)),
+    Column("tier", Integer),
+    Column("channel", String(64)),
+    Column("template", String(256)),
+    Column("variant", String(64)),
+    Column("score", Float),
+    Column("model_version", String(64)),
+    # planned -> sent | failed ; or dropped / held_out with a reason
+    Column("status", String(16), nullable=False),
+    Column("reason", String(128)),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Index("ix_touches_customer", "customer_id", "created_at"),
+    Index("ix_touches_playbook", "playbook", "as_of"),
+)
+
+# The `outbox` channel's table form: what would have been sent, readable with any SQL client.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("touch_key", String(64), primary_key=True),
+    Column("channel", String(64), nullable=False),
+    Column("customer_id", String(64), nullable=False),
+    Column("subject", String(256)),
+    Column("body", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)
+
+# The model registry: trained churn models, stored in the warehouse so every worker can load them.
+model_registry = Table(
+    "model_registry",
+    metadata,
+    Column("model_id", BigId, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("as_of", Date, nullable=False),
+    Column("horizon_days", Integer, nullable=False),
+    Column("meta", Text, nullable=False),  # JSON: features, dtypes, metrics, library versions
+    Column("booster", Text, nullable=False),  # LightGBM model text
+    UniqueConstraint("name", "version", name="uq_model_name_version"),
+)
+
+DATA_TABLES = ("customers", "orders", "events", "consents")
