@@ -1,0 +1,1 @@
+"""Playbook -> plan -> Prefect flow, and the lifecycle CLI."""
