@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from infra.errors import ConfigError
-from infra.yamlsource import SourceDoc, format_located, load_yaml
+from infra.yamlsource import SourceDoc, format_located, load_yaml, validation_problems
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_PLAYBOOKS = REPO_ROOT / "playbooks"
@@ -124,7 +124,7 @@ def load_config(explicit: str | None = None) -> ProjectConfig:
     try:
         config = ProjectConfig(**data, source=str(path))
     except ValidationError as exc:
-        raise ConfigError(_validation_text(doc, exc), code="L204") from None
+        raise ConfigError("\n".join(validation_problems(doc, exc, _allowed_keys)), code="L204") from None
     for name, channel in config.channels.items():
         if channel.type not in IMPLEMENTED_CHANNEL_TYPES:
             raise ConfigError(
@@ -134,25 +134,6 @@ def load_config(explicit: str | None = None) -> ProjectConfig:
                 code="L205",
             )
     return config
-
-
-def _validation_text(doc: SourceDoc, exc: ValidationError) -> str:
-    import difflib
-
-    parts = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        hint = None
-        if err["type"] == "extra_forbidden":
-            parent = loc[:-1]
-            allowed = _allowed_keys(parent)
-            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
-            msg = f"unknown key '{loc[-1]}'"
-        else:
-            msg = err["msg"]
-        parts.append(format_located(doc, loc, msg, hint))
-    return "\n".join(parts)
 
 
 def _allowed_keys(parent: tuple) -> list[str]:

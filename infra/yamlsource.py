@@ -6,6 +6,8 @@ data and a map from key path (tuple of keys / list indexes) to the position of t
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,17 @@ class SourceDoc:
                 return self.positions[prefix]
         return Position(1, 1)
 
+    def inside_value(self, key_path: KeyPath, offset: int) -> Position:
+        """The position `offset` characters into a one-line scalar value (skipping an opening quote)."""
+        pos = self.positions.get(key_path)
+        if pos is None:
+            return self.locate(key_path)
+        lines = self.text.splitlines()
+        line = lines[pos.line - 1] if pos.line <= len(lines) else ""
+        quoted = pos.col - 1 < len(line) and line[pos.col - 1] in "'\""
+        col = pos.col + (1 if quoted else 0) + max(offset, 0)
+        return Position(pos.line, min(col, len(line) + 1) if line else col)
+
     def excerpt(self, pos: Position) -> str:
         """The source line with a caret under the column, ready to print."""
         lines = self.text.splitlines()
@@ -53,9 +66,10 @@ class SourceDoc:
         return f"{gutter}{src}\n{' ' * (len(gutter) + pos.col - 1)}^"
 
 
-def format_located(doc: SourceDoc, key_path: KeyPath, message: str, hint: str | None = None) -> str:
+def format_located(doc: SourceDoc, key_path: KeyPath, message: str, hint: str | None = None,
+                   *, at: Position | None = None) -> str:
     """`file:line:col: message`, the line with a caret, and a hint: how every author error reads."""
-    pos = doc.locate(key_path)
+    pos = at or doc.locate(key_path)
     dotted = ".".join(str(k) for k in key_path) or "(top level)"
     out = f"{doc.path}:{pos.line}:{pos.col}: {message} (at {dotted})"
     snippet = doc.excerpt(pos)
@@ -64,6 +78,27 @@ def format_located(doc: SourceDoc, key_path: KeyPath, message: str, hint: str | 
     if hint:
         out += f"\n  hint: {hint}"
     return out
+
+
+def validation_problems(doc: SourceDoc, exc, allowed_keys: Callable[[KeyPath], list[str]]) -> list[str]:
+    """Pydantic validation errors as located messages; unknown keys get a did-you-mean."""
+    problems = []
+    for err in exc.errors():
+        loc: KeyPath = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = allowed_keys(loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed keys here: {', '.join(allowed)}"
+            problems.append(format_located(doc, loc, f"unknown key '{loc[-1]}'", hint))
+        elif err["type"] == "missing":
+            problems.append(format_located(doc, loc[:-1], f"missing required key '{loc[-1]}'",
+                                           f"add `{loc[-1]}:` here"))
+        elif err["type"] == "string_pattern_mismatch":
+            problems.append(format_located(doc, loc, f"'{err['input']}' is not a valid name",
+                                           "use lower-case letters, digits and underscores, starting with a letter"))
+        else:
+            problems.append(format_located(doc, loc, err["msg"]))
+    return problems
 
 
 def load_yaml(path: Path, *, kind: str = "file") -> SourceDoc:

@@ -1,0 +1,104 @@
+"""The `lifecycle` command: one entry point for authors, operators and the demo.
+
+Author and usage errors print `error[CODE]: ...` with a hint and exit 2; run errors exit 1; both
+without a traceback. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+
+from infra.errors import LifecycleError, UsageError
+
+
+def _prefect_defaults() -> None:
+    """No telemetry (there is no internet here, and ops data is not ours to report)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", metavar="URL", help="SQLAlchemy URL of the warehouse (default: LIFECYCLE_DB_URL, "
+                        "then lifecycle.yaml, then sqlite:///$LIFECYCLE_HOME/warehouse.db)")
+    common.add_argument("--config", metavar="FILE", help="project config (default: LIFECYCLE_CONFIG, then ./lifecycle.yaml)")
+
+    top = argparse.ArgumentParser(prog="lifecycle", description="YAML lifecycle playbooks compiled into Prefect flows.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", parents=[common], help="generate a demo world (if empty), train, run every shipped playbook")
+    demo.add_argument("--customers", type=_positive, default=20_000, help="size of the demo world (default 20000)")
+    demo.add_argument("--seed", type=int, default=7)
+
+    run = sub.add_parser("run", parents=[common], help="compile a playbook and run it as a Prefect flow")
+    run.add_argument("playbook", help="path to a playbook YAML file (or the name of a shipped playbook)")
+    run.add_argument("--as-of", type=_date, help="date the run acts on (default: today, UTC)")
+    run.add_argument("--dry-run", action="store_true", help="decide and render, but write and send nothing")
+
+    check = sub.add_parser("check", parents=[common], help="validate playbooks without touching any data")
+    check.add_argument("playbooks", nargs="+")
+
+    data = sub.add_parser("data", help="warehouse data").add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    gen = data.add_parser("generate", parents=[common], help="generate a realistic demo world into an empty warehouse")
+    gen.add_argument("--customers", type=_positive, required=True)
+    gen.add_argument("--days", type=_positive, default=730, help="days of history (default 730)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--end", type=_date, help="last day of the history (default: today, UTC)")
+
+    model = sub.add_parser("model", help="the churn model").add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    train = model.add_parser("train", parents=[common], help="train the churn model on the warehouse and register it")
+    train.add_argument("--as-of", type=_date, help="use only data up to this date (default: last order date)")
+    train.add_argument("--horizon-days", type=_positive, default=90, help="churn = no order within this many days (default 90)")
+
+    db = sub.add_parser("db", help="the warehouse schema").add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db.add_parser("upgrade", parents=[common], help="create the tables or apply pending migrations")
+    db.add_parser("status", parents=[common], help="show the warehouse URL, schema revision and row counts")
+
+    sub.add_parser("ui", help="start the Prefect UI on http://127.0.0.1:4200 to look at runs")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    _prefect_defaults()
+    args = parser().parse_args(argv)
+    try:
+        from flows import commands
+
+        handler = {
+            "demo": commands.demo, "run": commands.run, "check": commands.check, "ui": commands.ui,
+            "data": lambda a: commands.data_generate(a),
+            "model": lambda a: commands.model_train(a),
+            "db": lambda a: commands.db_upgrade(a) if a.db_command == "upgrade" else commands.db_status(a),
+        }[args.command]
+        return handler(args) or 0
+    except LifecycleError as exc:
+        print(exc.render(), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume (sent touches are not repeated)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

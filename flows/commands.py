@@ -1,0 +1,253 @@
+"""What each `lifecycle` command does; the argument parsing lives in cli.py, the output format here."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import difflib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from flows.compiler import compile_file
+from flows.plan import Plan
+from infra.errors import UsageError, WarehouseError
+from infra.settings import SHIPPED_PLAYBOOKS, ProjectConfig, load_config, resolve_db_url
+from infra.warehouse import schema
+from infra.warehouse.db import (current_revision, display_url, head_revision, open_warehouse,
+                                require_customers, upgrade)
+
+
+def _context(args: argparse.Namespace, *, create: bool = False) -> tuple[ProjectConfig, str, Engine]:
+    """Config, warehouse URL and engine; flags are exported so the flow's tasks resolve the same ones."""
+    config = load_config(args.config)
+    url = resolve_db_url(args.db, config)
+    engine = open_warehouse(url, create=create)
+    os.environ["LIFECYCLE_DB_URL"] = url
+    if config.source != "built-in default":
+        os.environ["LIFECYCLE_CONFIG"] = str(Path(config.source).resolve())
+    return config, url, engine
+
+
+def resolve_playbook(arg: str) -> Path:
+    """A path, or the name of a shipped playbook."""
+    path = Path(arg)
+    if path.is_file():
+        return path
+    shipped = SHIPPED_PLAYBOOKS / f"{arg}.yaml"
+    if "/" not in arg and shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in SHIPPED_PLAYBOOKS.glob("*.yaml"))
+    close = difflib.get_close_matches(path.stem, names, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"shipped playbooks: {', '.join(names)}"
+    raise UsageError(f"playbook not found: {arg}", hint=hint, code="L303")
+
+
+def shipped_playbooks() -> list[Path]:
+    return sorted(SHIPPED_PLAYBOOKS.glob("*.yaml"))
+
+
+def _today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+def _last_activity(engine: Engine) -> dt.date:
+    with engine.connect() as conn:
+        last = conn.execute(select(func.max(schema.orders.c.ordered_at))).scalar()
+    if last is None:
+        raise WarehouseError("the warehouse has no orders to train on",
+                             hint="import orders or run `lifecycle data generate`", code="L408")
+    return (last if isinstance(last, dt.datetime) else dt.datetime.fromisoformat(str(last))).date()
+
+
+# ---- check / run -------------------------------------------------------------------------------
+
+def check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    failed = 0
+    for arg in args.playbooks:
+        try:
+            plan = compile_file(resolve_playbook(arg), config)
+        except UsageError as exc:
+            print(exc.render(), file=sys.stderr)
+            failed += 1
+            continue
+        except Exception as exc:  # noqa: BLE001 - author errors of one file must not hide the others
+            from infra.errors import AuthorError
+
+            if not isinstance(exc, AuthorError):
+                raise
+            print(exc.render(), file=sys.stderr)
+            failed += 1
+            continue
+        tiers = sum(len(s.tiers) for s in plan.segments)
+        print(f"ok  {plan.name} v{plan.version}  plan {plan.plan_hash}  "
+              f"{len(plan.segments)} segments, {tiers} tiers, channels: {', '.join(plan.channels)}")
+    return 2 if failed else 0
+
+
+def _prepare_run(plan: Plan, engine: Engine):
+    """Everything that can be wrong before a flow starts, reported as one clear line."""
+    require_customers(engine)
+    if plan.model:
+        from models import registry
+
+        return registry.require(engine, plan.model)
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    config, url, engine = _context(args)
+    path = resolve_playbook(args.playbook)
+    plan = compile_file(path, config)
+    model = _prepare_run(plan, engine)
+    as_of = args.as_of or _today()
+    from flows.build import run_plan
+
+    summary = run_plan(plan, str(path), as_of, dry_run=args.dry_run, model_version=model.version if model else None)
+    print(format_summary(summary))
+    print(_ui_hint([summary]))
+    return 0
+
+
+# ---- demo --------------------------------------------------------------------------------------
+
+def demo(args: argparse.Namespace) -> int:
+    config, url, engine = _context(args, create=True)
+    upgrade(engine)
+    print(f"warehouse: {display_url(url)}")
+    with engine.connect() as conn:
+        n = conn.execute(select(func.count()).select_from(schema.customers)).scalar_one()
+    if n == 0:
+        _generate(engine, args.customers, 730, args.seed, _today())
+    else:
+        print(f"world: keeping the {n:,} customers already in the warehouse")
+    as_of = _last_activity(engine)
+    from models import registry
+
+    model = registry.latest(engine)
+    if model is None:
+        model = _train(engine, as_of, 90)
+    else:
+        print(f"model: using {model.version}")
+    from flows.build import run_plan
+
+    summaries = []
+    for path in shipped_playbooks():
+        plan = compile_file(path, config)
+        summaries.append(run_plan(plan, str(path), as_of, dry_run=False,
+                                  model_version=model.version if plan.model else None))
+    print()
+    for summary in summaries:
+        print(format_summary(summary))
+        print()
+    print(_ui_hint(summaries))
+    return 0
+
+
+# ---- data / model / db -------------------------------------------------------------------------
+
+def _generate(engine: Engine, customers: int, days: int, seed: int, end: dt.date) -> None:
+    from infra.demoworld import generate_world, write_world
+
+    started = time.perf_counter()
+    world = generate_world(customers, days=days, seed=seed, end=end)
+    counts = write_world(engine, world)
+    took = time.perf_counter() - started
+    print(f"world: {counts['customers']:,} customers, {counts['orders']:,} orders, {counts['events']:,} events, "
+          f"{counts['consents']:,} consents over {days} days to {end} (seed {seed}, {took:.1f} s)")
+
+
+def data_generate(args: argparse.Namespace) -> int:
+    _, url, engine = _context(args, create=True)
+    upgrade(engine)
+    print(f"warehouse: {display_url(url)}")
+    _generate(engine, args.customers, args.days, args.seed, args.end or _today())
+    return 0
+
+
+def _train(engine: Engine, as_of: dt.date, horizon: int):
+    from flows.training import train
+
+    started = time.perf_counter()
+    model = train(engine, as_of, horizon)
+    m = model.metrics
+    print(f"model: trained {model.version} in {time.perf_counter() - started:.1f} s: validation AUC {m['valid_auc']:.3f} "
+          f"on {m['valid_examples']:,} customers (churn base rate {m['valid_base_rate']:.0%}), "
+          f"{m['train_examples']:,} training examples")
+    return model
+
+
+def model_train(args: argparse.Namespace) -> int:
+    _, url, engine = _context(args)
+    require_customers(engine)
+    as_of = args.as_of or _last_activity(engine)
+    _train(engine, as_of, args.horizon_days)
+    return 0
+
+
+def db_upgrade(args: argparse.Namespace) -> int:
+    _, url, engine = _context(args, create=True)
+    before, after = upgrade(engine)
+    print(f"{display_url(url)}: schema {'created at' if before is None else 'upgraded from ' + before + ' to'} {after}"
+          if before != after else f"{display_url(url)}: schema already at {after}")
+    return 0
+
+
+def db_status(args: argparse.Namespace) -> int:
+    _, url, engine = _context(args)
+    rev = current_revision(engine)
+    print(f"warehouse: {display_url(url)}")
+    print(f"schema:    {rev or 'none'} (this version of lifecycle: {head_revision()})")
+    if rev:
+        with engine.connect() as conn:
+            for name in (*schema.DATA_TABLES, "touches", "model_registry"):
+                n = conn.execute(select(func.count()).select_from(schema.metadata.tables[name])).scalar_one()
+                print(f"{name:<15}{n:>12,}")
+    return 0
+
+
+def ui(args: argparse.Namespace) -> int:
+    """The Prefect UI over the same local database the ephemeral runs wrote to."""
+    prefect = Path(sys.executable).with_name("prefect")
+    print("Prefect UI on http://127.0.0.1:4200 (Ctrl-C to stop)")
+    return subprocess.call([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", "4200"])
+
+
+# ---- output ------------------------------------------------------------------------------------
+
+def format_summary(s: dict) -> str:
+    """A run summary a person can read in the terminal."""
+    title = f"{s['playbook']} v{s['version']} as of {s['as_of']}" + ("  (dry run: nothing written or sent)" if s["dry_run"] else "")
+    lines = [title, f"  {s['customers']:,} customers, {s['audience']:,} in the audience, "
+                    f"{s['unmatched']:,} in no segment; plan {s['plan_hash']}, model {s['model_version'] or 'none'}"]
+    channels = sorted({ch for per in s["segment_channel"].values() for ch in per})
+    width = max([len(k) for k in s["segments"]] + [9])
+    lines.append("  " + f"{'segment':<{width}}  {'customers':>9}" + "".join(f"  {c:>8}" for c in channels))
+    for seg, n in s["segments"].items():
+        per = s["segment_channel"].get(seg, {})
+        lines.append("  " + f"{seg:<{width}}  {n:>9,}" + "".join(f"  {per.get(c, 0):>8,}" for c in channels))
+    verb = "would send" if s["dry_run"] else "sent"
+    lines.append(f"  touches {verb}: " + (", ".join(f"{c} {n:,}" for c, n in sorted(s["touches"].items())) or "none"))
+    if s["already_sent"]:
+        lines.append(f"  already sent earlier for this date (not repeated): {s['already_sent']:,}")
+    if s["dropped"]:
+        lines.append("  dropped: " + ", ".join(f"{r} {n:,}" for r, n in sorted(s["dropped"].items())))
+    for ch, where in sorted(s["outboxes"].items()):
+        lines.append(f"  outbox {ch}: {where}")
+    for p in s.get("previews", [])[:4]:
+        subject = f"[{p['subject']}] " if p.get("subject") else ""
+        lines.append(f"  preview {p['segment']}/tier {p['tier']}: {subject}{p['body'][:140]!r}")
+    return "\n".join(lines)
+
+
+def _ui_hint(summaries: list[dict]) -> str:
+    runs = "\n".join(f"  {s['flow_run_name']}: http://127.0.0.1:4200/runs/flow-run/{s['flow_run_id']}" for s in summaries)
+    if os.environ.get("PREFECT_API_URL"):
+        return "Runs in the Prefect UI:\n" + runs
+    return ("To open these runs in the Prefect UI, run `lifecycle ui` (or `prefect server start`) and visit:\n" + runs)

@@ -1,0 +1,1 @@
+"""The churn model: training, the registry in the warehouse, scoring with reason codes."""

@@ -1,0 +1,152 @@
+"""Dispatch: write every decision to the touch ledger, then deliver the planned touches, batch by batch.
+
+Order of writes, so a crash never loses or doubles a touch: ledger rows `planned` (one transaction)
+-> channel delivery -> ledger rows `sent`. A rerun for the same as-of date finds the keys already in
+the ledger: sent ones are skipped, planned ones (in flight at the crash) are delivered again with the
+same key. A dry run writes nothing and returns previews.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+
+from flows.plan import Plan
+from infra.settings import ProjectConfig
+from infra.warehouse.bulk import bulk_insert
+from infra.warehouse.schema import touches
+from tasks.channels import open_channel
+from tasks.render import render_batch
+
+BATCH = 5_000
+STEP = "main"
+
+
+@dataclass
+class DispatchResult:
+    sent: dict[str, int] = field(default_factory=dict)  # channel -> touches delivered in this run
+    already_sent: int = 0  # delivered by an earlier run for the same as-of date
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> customers
+    outboxes: dict[str, str] = field(default_factory=dict)  # channel -> where to read it
+    previews: list[dict] = field(default_factory=list)  # dry run: a few rendered messages
+    segment_channel: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def touch_keys(plan: Plan, customer_ids: pd.Index, as_of: dt.date, step: str = STEP) -> np.ndarray:
+    """Deterministic key per (playbook, version, step, customer, daily window)."""
+    prefix = f"{plan.name}|{plan.version}|{step}|{as_of.isoformat()}|"
+    return np.array([hashlib.sha256((prefix + str(c)).encode()).hexdigest()[:32] for c in customer_ids])
+
+
+def _message_rows(frame: pd.DataFrame, plan: Plan) -> list[dict]:
+    clean = frame.astype(object).where(frame.notna(), None)
+    rows = clean.reset_index().to_dict("records")
+    for row in rows:
+        row["playbook"] = plan.name
+        row["reasons"] = row.pop("churn_reasons", None)
+    return rows
+
+
+def render_messages(frame: pd.DataFrame, plan: Plan) -> pd.DataFrame:
+    """Rendered subject/body for each allocated row (grouped by segment and tier: one template each)."""
+    parts = []
+    for seg in plan.segments:
+        for i, tier in enumerate(seg.tiers):
+            group = frame[(frame["segment"] == seg.name) & (frame["tier"] == i)]
+            if group.empty:
+                continue
+            rows = _message_rows(group, plan)
+            body = render_batch(tier.body, rows, html=tier.html, name=tier.template)
+            subject = render_batch(tier.subject, rows, name=f"{tier.template} subject") if tier.subject else [None] * len(rows)
+            parts.append(pd.DataFrame({
+                "touch_key": group["touch_key"].to_numpy(), "customer_id": group.index.to_numpy(),
+                "playbook": plan.name, "segment": seg.name, "tier": i, "template": tier.template,
+                "subject": subject, "body": body,
+            }))
+    cols = ["touch_key", "customer_id", "playbook", "segment", "tier", "template", "subject", "body"]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+
+
+def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engine: Engine,
+                   config: ProjectConfig, run_id: str | None, model_version: str | None,
+                   dry_run: bool) -> DispatchResult:
+    result = DispatchResult()
+    frame = allocated.copy()
+    frame["touch_key"] = touch_keys(plan, frame.index, as_of)
+    templates = {(s.name, i): t.template for s in plan.segments for i, t in enumerate(s.tiers)}
+    frame["template"] = [templates.get((s, t)) for s, t in zip(frame["segment"], frame["tier"])]
+    planned = frame[frame["tier"] >= 0]
+    dropped = frame[frame["tier"] < 0]
+    result.dropped = {str(k): int(v) for k, v in dropped["reason"].value_counts().items()}
+    result.segment_channel = {
+        seg: {str(ch): int(n) for ch, n in grp["channel"].value_counts().items()}
+        for seg, grp in planned.groupby("segment")
+    }
+    if dry_run:
+        result.sent = {str(k): int(v) for k, v in planned["channel"].value_counts().items()}
+        preview = render_messages(planned.groupby(["segment", "tier"]).head(2), plan)
+        result.previews = preview[["segment", "tier", "template", "subject", "body"]].to_dict("records")
+        return result
+
+    status = _ledger_status(engine, plan, as_of)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    new = frame[~frame["touch_key"].isin(status)]
+    ledger = pd.DataFrame({
+        "touch_key": new["touch_key"].to_numpy(), "run_id": run_id, "playbook": plan.name,
+        "playbook_version": plan.version, "plan_hash": plan.plan_hash, "step": STEP, "as_of": as_of,
+        "customer_id": new.index.to_numpy(), "segment": new["segment"].to_numpy(),
+        "tier": new["tier"].to_numpy(), "channel": new["channel"].astype(object).to_numpy(),
+        "template": new["template"].to_numpy(), "variant": None,
+        "score": pd.to_numeric(new["churn_score"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan),
+        "model_version": model_version,
+        "status": np.where(new["tier"] >= 0, "planned", "dropped"),
+        "reason": new["reason"].astype(object).to_numpy(), "created_at": now, "updated_at": now,
+    })
+    ledger["tier"] = ledger["tier"].astype("Int64").where(ledger["tier"] >= 0)
+    with engine.begin() as conn:
+        bulk_insert(conn, touches, ledger)
+
+    already = pd.Series([status.get(k, "planned") for k in planned["touch_key"]], index=planned.index, dtype=object)
+    result.already_sent = int((already == "sent").sum())
+    todo = planned[already.to_numpy() == "planned"]
+    for channel_name, group in todo.groupby("channel"):
+        channel = open_channel(str(channel_name), config.channel(str(channel_name)), engine)
+        result.outboxes[str(channel_name)] = channel.location
+        for start in range(0, len(group), BATCH):
+            batch = group.iloc[start : start + BATCH]
+            messages = render_messages(batch, plan)
+            channel.send_batch(messages)
+            _mark(engine, list(messages["touch_key"]), "sent")
+        result.sent[str(channel_name)] = int(len(group))
+    return result
+
+
+def _ledger_status(engine: Engine, plan: Plan, as_of: dt.date) -> dict[str, str]:
+    t = touches.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.touch_key, t.status).where(
+            t.playbook == plan.name, t.as_of == as_of, t.step == STEP))
+        return {k: s for k, s in rows}
+
+
+def _mark(engine: Engine, keys: list[str], status: str) -> None:
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    with engine.begin() as conn:
+        for start in range(0, len(keys), 20_000):
+            conn.execute(update(touches).where(touches.c.touch_key.in_(keys[start : start + 20_000]))
+                         .values(status=status, updated_at=now))
+
+
+@task(name="dispatch", cache_policy=NO_CACHE)
+def dispatch(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engine: Engine, config: ProjectConfig,
+             run_id: str | None, model_version: str | None, dry_run: bool) -> DispatchResult:
+    return dispatch_frame(allocated, plan, as_of, engine=engine, config=config, run_id=run_id,
+                          model_version=model_version, dry_run=dry_run)

@@ -1,0 +1,114 @@
+"""A playbook end to end as a Prefect flow (one harness per session): ledger, outbox and run record agree."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from sqlalchemy import select
+
+from flows.build import run_plan
+from flows.compiler import compile_file
+from flows.training import train
+from infra.settings import SHIPPED_PLAYBOOKS, load_config, outbox_dir
+from infra.warehouse.schema import consents, touches
+from tests.conftest import END, make_world
+
+pytestmark = pytest.mark.slow
+
+
+def _ledger(engine):
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(touches)).mappings()]
+
+
+def _outbox():
+    out = []
+    for path in sorted(outbox_dir().glob("*.jsonl")):
+        out += [json.loads(line) for line in path.read_text().splitlines()]
+    return out
+
+
+def _run(url, monkeypatch, *, dry_run=False):
+    monkeypatch.setenv("LIFECYCLE_DB_URL", url)
+    path = SHIPPED_PLAYBOOKS / "churn_winback.yaml"
+    plan = compile_file(path, load_config())
+    return plan, run_plan(plan, str(path), END, dry_run=dry_run, model_version=None)
+
+
+def _end_to_end(url, monkeypatch):
+    engine = make_world(url, customers=2500, seed=5)
+    model = train(engine, END, 90)
+    plan, summary = _run(url, monkeypatch)
+
+    rows = _ledger(engine)
+    sent = [r for r in rows if r["status"] == "sent"]
+    assert sent, "the demo world always has customers to win back"
+    assert sum(summary["touches"].values()) == len(sent)
+    assert summary["audience"] >= sum(summary["segments"].values()) == len(rows)
+    assert all(r["plan_hash"] == plan.plan_hash and r["model_version"] == model.version for r in rows)
+    assert {r["status"] for r in rows} <= {"sent", "dropped"}
+    assert all(r["reason"] == "no_consent" for r in rows if r["status"] == "dropped")
+
+    messages = _outbox()
+    assert sorted(m["touch_key"] for m in messages) == sorted(r["touch_key"] for r in sent)
+    by_key = {r["touch_key"]: r for r in sent}
+    for m in messages:
+        assert m["customer_id"] == by_key[m["touch_key"]]["customer_id"]
+        assert m["channel"] == by_key[m["touch_key"]]["channel"] and m["body"].strip()
+
+    # nobody is touched on a channel they have not consented to for marketing
+    with engine.connect() as conn:
+        granted = {(c, ch) for c, ch in conn.execute(
+            select(consents.c.customer_id, consents.c.channel).where(
+                consents.c.purpose == "marketing", consents.c.withdrawn_at.is_(None)))}
+    consent_of = {t.channel: t.consent_channel for s in plan.segments for t in s.tiers}
+    assert all((r["customer_id"], consent_of[r["channel"]]) in granted for r in sent)
+
+    # a second run for the same day sends nothing again
+    _, again = _run(url, monkeypatch)
+    assert again["touches"] == {} and again["already_sent"] == len(sent)
+    assert len(_outbox()) == len(messages) and len(_ledger(engine)) == len(rows)
+    return summary
+
+
+def test_end_to_end_on_sqlite(prefect_harness, sqlite_url, monkeypatch):
+    summary = _end_to_end(sqlite_url, monkeypatch)
+    _check_prefect_run(summary)
+
+
+@pytest.mark.postgres
+def test_end_to_end_on_postgres(prefect_harness, pg_url, monkeypatch):
+    _end_to_end(pg_url, monkeypatch)
+
+
+def test_dry_run_writes_nothing(prefect_harness, sqlite_url, monkeypatch):
+    engine = make_world(sqlite_url, customers=1500, seed=9)
+    train(engine, END, 90)
+    _, summary = _run(sqlite_url, monkeypatch, dry_run=True)
+    assert summary["dry_run"] and sum(summary["touches"].values()) > 0
+    assert summary["previews"] and all(p["body"] for p in summary["previews"])
+    assert _ledger(engine) == [] and _outbox() == []
+
+
+def _check_prefect_run(summary):
+    """The run is recorded in Prefect as ops will see it: named, tagged, with its tasks and artifacts."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+
+    async def fetch():
+        async with get_client() as client:
+            run = await client.read_flow_run(summary["flow_run_id"])
+            flow = await client.read_flow(run.flow_id)
+            tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+            return run, flow, tasks, arts
+
+    run, flow, tasks, arts = asyncio.run(fetch())
+    assert run.state.is_completed()
+    assert flow.name == "churn_winback" and run.name == f"churn_winback-{END.isoformat()}"
+    assert f"plan:{summary['plan_hash']}" in run.tags and "playbook:churn_winback" in run.tags
+    names = {t.name.rsplit("-", 1)[0] for t in tasks}
+    assert {"extract", "features", "score", "segment", "allocate", "dispatch"} <= names
+    assert {a.key for a in arts} >= {"churn-winback-summary", "churn-winback-segments"}

@@ -1,0 +1,155 @@
+"""Allocation and dispatch: consent decides the tier, the ledger makes reruns safe, dry runs write nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select, update
+
+from flows.compiler import compile_file
+from infra.settings import load_config, outbox_dir
+from infra.warehouse.db import open_warehouse, upgrade
+from infra.warehouse.schema import consents, touches
+from tasks.allocate import active_consents, choose_tiers
+from tasks.dispatch import dispatch_frame
+
+AS_OF = dt.date(2026, 5, 1)
+PLAYBOOK = """
+name: tiers
+model: none
+segments:
+  - name: vip
+    when: "monetary_365d >= 1000"
+    tiers:
+      - {channel: advisor, template: a.j2}
+      - {channel: sms, template: s.j2}
+      - {channel: push, template: p.j2}
+  - name: rest
+    else: true
+    tiers:
+      - {channel: push, template: p.j2}
+"""
+
+
+@pytest.fixture
+def plan(tmp_path):
+    (tmp_path / "templates").mkdir()
+    for name, text in {"a.j2": "Advisor hello {{ customer_id }}", "s.j2": "SMS {{ segment }}",
+                       "p.j2": "Push {{ first_name or 'friend' }}"}.items():
+        (tmp_path / "templates" / name).write_text(text)
+    (tmp_path / "tiers.yaml").write_text(PLAYBOOK)
+    return compile_file(tmp_path / "tiers.yaml", load_config())
+
+
+def frame(rows: dict[str, tuple[str, float]]) -> pd.DataFrame:
+    """Selected customers: id -> (segment, monetary)."""
+    return pd.DataFrame(
+        {"segment": [s for s, _ in rows.values()], "monetary_365d": [m for _, m in rows.values()],
+         "first_name": [None] * len(rows), "churn_score": [None] * len(rows), "churn_reasons": [None] * len(rows)},
+        index=pd.Index(list(rows), name="customer_id"),
+    )
+
+
+def test_customers_fall_through_to_the_first_tier_they_consented_to(plan):
+    selected = frame({"v1": ("vip", 2000), "v2": ("vip", 2000), "v3": ("vip", 2000), "r1": ("rest", 0)})
+    granted = {("v1", "wecom", "marketing"), ("v1", "sms", "marketing"), ("v2", "sms", "marketing"),
+               ("v3", "sms", "service"), ("r1", "push", "marketing")}
+    out = choose_tiers(selected, plan, granted)
+    assert out.loc["v1", "channel"] == "advisor"
+    assert out.loc["v2", "channel"] == "sms" and out.loc["v2", "tier"] == 1
+    # a service-only consent is not a marketing consent
+    assert out.loc["v3", "tier"] == -1 and out.loc["v3", "reason"] == "no_consent"
+    assert out.loc["r1", "channel"] == "push"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # plan is immutable
+@given(st.lists(st.tuples(st.sampled_from(["wecom", "sms", "push"]), st.sampled_from(["marketing", "service"])),
+                max_size=6), st.sampled_from(["vip", "rest"]))
+def test_no_touch_without_consent_and_always_the_first_eligible_tier(plan, grants, seg):
+    selected = frame({"c": (seg, 5000)})
+    granted = {("c", ch, p) for ch, p in grants}
+    out = choose_tiers(selected, plan, granted).loc["c"]
+    tiers = next(s for s in plan.segments if s.name == seg).tiers
+    eligible = [i for i, t in enumerate(tiers) if ("c", t.consent_channel, t.purpose) in granted]
+    assert out["tier"] == (eligible[0] if eligible else -1)
+
+
+def test_withdrawn_consent_is_not_active(sqlite_url):
+    engine = open_warehouse(sqlite_url, create=True)
+    upgrade(engine)
+    granted, withdrawn = dt.datetime(2025, 1, 1), dt.datetime(2026, 1, 1)
+    with engine.begin() as conn:
+        conn.execute(consents.insert(), [
+            {"customer_id": "a", "channel": "sms", "purpose": "marketing", "granted_at": granted, "withdrawn_at": None},
+            {"customer_id": "b", "channel": "sms", "purpose": "marketing", "granted_at": granted, "withdrawn_at": withdrawn},
+        ])
+    found = active_consents(engine, ["a", "b"], {("sms", "marketing")}, dt.datetime(2026, 5, 1))
+    assert found == {("a", "sms", "marketing")}
+
+
+def outbox_lines(channel: str) -> list[dict]:
+    path = outbox_dir() / f"{channel}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture
+def engine(sqlite_url):
+    engine = open_warehouse(sqlite_url, create=True)
+    upgrade(engine)
+    return engine
+
+
+def allocated(plan):
+    selected = frame({"v1": ("vip", 2000), "v2": ("vip", 2000), "r1": ("rest", 0), "r2": ("rest", 0)})
+    granted = {("v1", "wecom", "marketing"), ("v2", "push", "marketing"), ("r1", "push", "marketing")}
+    return choose_tiers(selected, plan, granted)
+
+
+def run(plan, engine, *, dry_run=False):
+    return dispatch_frame(allocated(plan), plan, AS_OF, engine=engine, config=load_config(), run_id="r",
+                          model_version=None, dry_run=dry_run)
+
+
+def ledger(engine) -> dict[str, tuple]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(touches.c.customer_id, touches.c.status, touches.c.channel, touches.c.reason))
+        return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def test_dispatch_writes_every_decision_and_delivers_each_touch_once(plan, engine):
+    result = run(plan, engine)
+    assert result.sent == {"advisor": 1, "push": 2}
+    assert ledger(engine) == {"v1": ("sent", "advisor", None), "v2": ("sent", "push", None),
+                              "r1": ("sent", "push", None), "r2": ("dropped", None, "no_consent")}
+    push = outbox_lines("push")
+    assert sorted(m["customer_id"] for m in push) == ["r1", "v2"]
+    assert {m["body"] for m in push} == {"Push friend"}
+    assert outbox_lines("advisor")[0]["body"] == "Advisor hello v1"
+
+    again = run(plan, engine)  # same as-of date: nothing is sent twice
+    assert again.sent == {} and again.already_sent == 3
+    assert len(outbox_lines("push")) == 2 and len(ledger(engine)) == 4
+
+
+def test_a_touch_in_flight_at_a_crash_is_delivered_on_rerun_with_the_same_key(plan, engine):
+    run(plan, engine)
+    with engine.begin() as conn:  # as if the process died after writing `planned`, before delivery
+        conn.execute(update(touches).where(touches.c.customer_id == "r1").values(status="planned"))
+    key = next(m["touch_key"] for m in outbox_lines("push") if m["customer_id"] == "r1")
+    result = run(plan, engine)
+    assert result.sent == {"push": 1}
+    resent = [m for m in outbox_lines("push") if m["customer_id"] == "r1"]
+    assert [m["touch_key"] for m in resent] == [key, key]  # a consumer can drop the repeat by key
+    assert ledger(engine)["r1"][0] == "sent"
+
+
+def test_dry_run_writes_nothing_and_previews_messages(plan, engine):
+    result = run(plan, engine, dry_run=True)
+    assert result.sent == {"advisor": 1, "push": 2}
+    assert {p["body"] for p in result.previews} == {"Advisor hello v1", "Push friend"}
+    assert ledger(engine) == {} and outbox_lines("push") == []
