@@ -102,9 +102,9 @@ def _prepare_run(plan: Plan, engine: Engine):
 
 
 def run(args: argparse.Namespace) -> int:
-    config, url, engine = _context(args)
     path = resolve_playbook(args.playbook)
-    plan = compile_file(path, config)
+    plan = compile_file(path, load_config(args.config))  # author errors first: they need no database
+    config, url, engine = _context(args)
     model = _prepare_run(plan, engine)
     as_of = args.as_of or _today()
     from flows.build import run_plan

@@ -1,9 +1,9 @@
 """How long a demo world takes to generate and load, with pandas.to_sql as a baseline in the same run.
 
-    .venv/bin/python benchmarks/generate_bench.py [--customers 100000] [--db URL]
+    .venv/bin/python tests/benchmarks/generate_bench.py [--customers 100000] [--db URL]
 
 Writes into fresh temporary SQLite files unless --db names an (empty) warehouse. The orders table is
-loaded a second time both as write_world loads it (load_table) and with DataFrame.to_sql, into
+loaded a second time both as write_world loads it (bulk_load) and with DataFrame.to_sql, into
 identical empty SQLite warehouses, so the ratio compares loaders, not machines.
 """
 
@@ -17,9 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from infra.demoworld import generate_world, load_table, write_world  # noqa: E402
+from infra.demoworld import generate_world, write_world  # noqa: E402
+from infra.warehouse.bulk import bulk_load  # noqa: E402
 from infra.warehouse import schema  # noqa: E402
 from infra.warehouse.db import display_url, open_warehouse, upgrade  # noqa: E402
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         bulk_engine = _fresh(folder, "bulk.db")
         started = time.perf_counter()
         with bulk_engine.begin() as conn:
-            load_table(conn, schema.orders, world.orders)
+            bulk_load(conn, schema.orders, world.orders)
         bulk_s = time.perf_counter() - started
         pandas_engine = _fresh(folder, "pandas.db")
         started = time.perf_counter()
