@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", parents=[common], help="generate a demo world (if empty), train, run every shipped playbook")
-    demo.add_argument("--customers", type=_positive, default=20_000, help="size of the demo world (default 20000)")
+    demo.add_argument("--customers", type=_positive, default=50_000, help="size of the demo world (default 50000)")
     demo.add_argument("--seed", type=int, default=7)
 
     run = sub.add_parser("run", parents=[common], help="compile a playbook and run it as a Prefect flow")
