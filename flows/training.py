@@ -1,44 +1,88 @@
-"""`lifecycle model train`: labelled examples from past cutoffs, a LightGBM fit, the registry.
+"""`lifecycle model train`: labelled examples from past cutoffs, a calibrated LightGBM fit, the registry.
 
 No data after the as-of date is used: every cutoff's label window (cutoff, cutoff + H] ends on or
-before it. The latest cutoff validates (early stopping); the earlier ones train.
+before it. The earlier cutoffs, a month apart, train the trees; the latest cutoff (as_of - H) stops the
+boosting early; a fifth of the customers, held out of both at every cutoff, fits the calibration. The BG/NBD
+parameters the trees get as features are fitted on the latest cutoff's order history (no labels).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from models import registry
+from models import bgnbd, registry
 from models.churn import ChurnModel, fit
-from tasks.extract import extract_all, future_order_customers
 from tasks.features import build_features
+from tasks.source import Source, SqlSource
 
-N_TRAIN_CUTOFFS = 3
+N_TRAIN_CUTOFFS = 4
 CUTOFF_STEP_DAYS = 30
 
 
-def labelled(engine: Engine, cutoff: dt.date, horizon_days: int) -> tuple[pd.DataFrame, pd.Series]:
+def as_source(data: Engine | Source) -> Source:
+    return SqlSource(data) if isinstance(data, Engine) else data
+
+
+def labelled(data: Engine | Source, cutoff: dt.date, horizon_days: int) -> tuple[pd.DataFrame, pd.Series]:
     """Features at `cutoff` for customers with an order by then; label 1 = no order in the horizon."""
-    feats = build_features(extract_all(engine, cutoff))
+    source = as_source(data)
+    feats = build_features(source.extract(cutoff))
     feats = feats[feats["orders_total"] > 0]
-    buyers = future_order_customers(engine, cutoff, horizon_days)
+    buyers = source.buyers(cutoff, horizon_days)
     label = pd.Series(~feats.index.isin(list(buyers)), index=feats.index, dtype=int)
     return feats, label
 
 
-def cutoffs_for(as_of: dt.date, horizon_days: int) -> list[dt.date]:
-    """Validation cutoff first, then the training cutoffs, each a month earlier."""
+def cutoffs_for(as_of: dt.date, horizon_days: int, n_train: int = N_TRAIN_CUTOFFS) -> list[dt.date]:
+    """Validation cutoff first (its label window ends at as_of), then the training cutoffs, a month apart."""
     last = as_of - dt.timedelta(days=horizon_days)
-    return [last - dt.timedelta(days=CUTOFF_STEP_DAYS * k) for k in range(N_TRAIN_CUTOFFS + 1)]
+    return [last - dt.timedelta(days=CUTOFF_STEP_DAYS * k) for k in range(n_train + 1)]
 
 
-def train(engine: Engine, as_of: dt.date, horizon_days: int = 90) -> ChurnModel:
+def calibration_group(index: pd.Index) -> np.ndarray:
+    """A stable fifth of the customers (by a hash of the id) the trees never see: it fits the calibration."""
+    return pd.util.hash_array(index.astype(str).to_numpy()) % 5 == 0
+
+
+def fit_at(source: Source, as_of: dt.date, horizon_days: int) -> ChurnModel:
+    """Train a model that uses only data up to `as_of`; nothing is registered.
+
+    Customers in the calibration group are held out of the trees at every cutoff; the calibration
+    is fitted on them over all cutoffs (so it learns the trees' distortion, not one month's base
+    rate); early stopping uses the other customers at the latest cutoff.
+    """
     cutoffs = cutoffs_for(as_of, horizon_days)
-    valid = labelled(engine, cutoffs[0], horizon_days)
-    train_sets = [labelled(engine, c, horizon_days) for c in cutoffs[1:]]
-    model = fit(train_sets, valid, as_of=as_of, horizon_days=horizon_days, cutoffs=cutoffs)
-    registry.save(engine, model)
+    sets = [labelled(source, c, horizon_days) for c in cutoffs]
+    groups = [calibration_group(x.index) for x, _ in sets]
+    latest, latest_y = sets[0]
+    stop = (latest[~groups[0]], latest_y[~groups[0]])
+    calibrate = (pd.concat([x[g] for (x, _), g in zip(sets, groups)]),
+                 pd.concat([y[g] for (_, y), g in zip(sets, groups)]))
+    train_sets = [(x[~g], y[~g]) for (x, y), g in zip(sets[1:], groups[1:])]
+    params = bgnbd.fit_features(latest)
+    first = min(c for c in cutoffs) - dt.timedelta(days=365)
+    meta = {
+        "cutoffs": {"early_stopping": cutoffs[0].isoformat(), "training": [c.isoformat() for c in cutoffs[1:]],
+                    "calibration": "customers in the calibration group (hash of id % 5 == 0) at every cutoff"},
+        "training_window": {"from": first.isoformat(), "to": as_of.isoformat(),
+                            "note": "features look back up to 365 days before the earliest cutoff; "
+                                    "labels end on or before `to`"},
+        "data": {"source": source.describe(), "events": "visits_30d" in latest.columns,
+                 "customers": "member_tier" in latest.columns},
+    }
+    return fit(train_sets, stop, calibrate, as_of=as_of, horizon_days=horizon_days, params=params, meta=meta)
+
+
+def train(data: Engine | Source, as_of: dt.date, horizon_days: int = 90) -> ChurnModel:
+    """Train as of a date; on a warehouse, register the model so flows score with it."""
+    model = fit_at(as_source(data), as_of, horizon_days)
+    if isinstance(data, Engine):
+        registry.save(data, model)
+    elif isinstance(data, SqlSource):
+        registry.save(data.engine, model)
     return model
+

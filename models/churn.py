@@ -1,7 +1,10 @@
-"""A LightGBM churn model: P(no order in the next H days) for customers with at least one order.
+"""A calibrated LightGBM churn model: P(no order in the next H days) for customers with an order.
 
 Plain functions over DataFrames (no Prefect, no SQL): `fit` trains on labelled feature frames,
-`ChurnModel.predict` scores, `ChurnModel.to_record` / `from_record` make it storable.
+`ChurnModel.predict` scores, `ChurnModel.to_record` / `from_record` make it storable (warehouse
+registry and on-disk artifact hold the same record). Besides the catalog's features, the trees see
+what the BG/NBD model infers per customer (P(alive), P(no order in H), expected orders), with its
+population parameters fitted at training time and stored in the model.
 """
 
 from __future__ import annotations
@@ -15,87 +18,140 @@ from dataclasses import dataclass, field
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import scipy
 
 from infra.errors import ModelError
+from models import bgnbd
+from models.calibration import Platt
+from tasks.catalog import BY_NAME, FEATURES
 
 # Member tiers become an ordinal so the trees can split on "gold or better".
 TIER_ORDER = {"bronze": 0, "silver": 1, "gold": 2, "diamond": 3}
-MODEL_FEATURES = (
-    "member_tier", "points", "tenure_days", "orders_total", "orders_30d", "orders_90d", "orders_365d",
-    "monetary_90d", "monetary_365d", "monetary_total", "avg_order_value", "recency_days",
-    "first_order_days", "visits_30d", "visits_prev_30d", "opens_30d", "clicks_30d",
-    "engagement_30d", "engagement_prev_30d", "engagement_change",
-)
+# Candidate catalog features, in a fixed order; a model uses those its training data had.
+MODEL_FEATURES = tuple(f.name for f in FEATURES if f.model)
+DERIVED_FEATURES = ("bgnbd_p_alive", "bgnbd_p_no_order", "bgnbd_expected_orders")
+KNOWN_FEATURES = MODEL_FEATURES + DERIVED_FEATURES
 PARAMS = {
     "objective": "binary",
     "learning_rate": 0.05,
     "num_leaves": 31,
-    "min_data_in_leaf": 50,
-    "feature_fraction": 0.9,
+    "min_data_in_leaf": 100,
+    "feature_fraction": 0.8,
     "bagging_fraction": 0.8,
     "bagging_freq": 1,
-    "lambda_l2": 1.0,
+    "lambda_l2": 5.0,
     "verbose": -1,
     "num_threads": 2,
     "seed": 7,
     "deterministic": True,
 }
+MAX_ROUNDS, EARLY_STOP = 600, 40
 
 
-def model_matrix(features: pd.DataFrame, names: tuple[str, ...] = MODEL_FEATURES) -> pd.DataFrame:
-    """The numeric matrix the trees see; missing values stay NaN (LightGBM handles them)."""
-    missing = [n for n in names if n not in features.columns]
+def usable_features(features: pd.DataFrame) -> tuple[str, ...]:
+    """The model inputs a feature frame supports: catalog features present, plus the BG/NBD ones."""
+    return tuple(n for n in MODEL_FEATURES if n in features.columns) + DERIVED_FEATURES
+
+
+def model_matrix(features: pd.DataFrame, names: tuple[str, ...], *, params: bgnbd.BGNBD | None = None,
+                 horizon_days: int = 90) -> pd.DataFrame:
+    """The float matrix the trees see; missing values stay NaN (LightGBM handles them)."""
+    missing = [n for n in names if n not in features.columns and n not in DERIVED_FEATURES]
     if missing:
         raise ModelError(f"the feature table lacks {', '.join(missing)}", code="L502")
-    out = pd.DataFrame(index=features.index)
+    out: dict[str, np.ndarray] = {}
+    derived = {}
+    if any(n in DERIVED_FEATURES for n in names):
+        if params is None:
+            raise ModelError("this model needs BG/NBD parameters and has none", code="L503",
+                             hint="retrain with `lifecycle model train`")
+        x, t_x, T = bgnbd.rfm(features)
+        derived = {
+            "bgnbd_p_alive": params.p_alive(x, t_x, T),
+            "bgnbd_p_no_order": params.p_no_purchase(x, t_x, T, horizon_days),
+            "bgnbd_expected_orders": params.expected_purchases(x, t_x, T, horizon_days),
+        }
     for name in names:
-        col = features[name]
-        if name == "member_tier":
-            out[name] = col.astype("object").map(TIER_ORDER).astype("float64")
+        if name in derived:
+            out[name] = derived[name]
+        elif name == "member_tier":
+            out[name] = features[name].astype("object").map(TIER_ORDER).to_numpy(dtype="float64")
         else:
-            out[name] = pd.to_numeric(col, errors="coerce").astype("float64")
-    return out
+            out[name] = pd.to_numeric(features[name], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    return pd.DataFrame(out, index=features.index, columns=list(names))
+
+
+def feature_dtypes(features: pd.DataFrame, names: tuple[str, ...]) -> dict[str, str]:
+    """The dtype each input had at training: a scoring frame must give the same."""
+    return {n: (str(features[n].dtype) if n in features.columns else "float64") for n in names}
 
 
 @dataclass
 class ChurnModel:
-    """A trained booster plus everything needed to trust and reuse it."""
+    """A trained booster, its calibration and BG/NBD parameters, and everything needed to trust it."""
 
     booster: lgb.Booster
     version: str
     as_of: dt.date
     horizon_days: int
-    feature_names: tuple[str, ...] = MODEL_FEATURES
+    feature_names: tuple[str, ...]
     metrics: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 
-    def predict(self, features: pd.DataFrame) -> pd.Series:
-        """Churn probability per customer (index preserved)."""
-        matrix = model_matrix(features, self.feature_names)
+    @property
+    def bgnbd(self) -> bgnbd.BGNBD | None:
+        p = self.meta.get("bgnbd")
+        return bgnbd.BGNBD(**p) if p else None
+
+    @property
+    def calibration(self) -> Platt | None:
+        c = self.meta.get("calibration")
+        return Platt.from_dict(c) if c else None
+
+    def matrix(self, features: pd.DataFrame) -> pd.DataFrame:
+        return model_matrix(features, self.feature_names, params=self.bgnbd, horizon_days=self.horizon_days)
+
+    def predict_raw(self, features: pd.DataFrame) -> pd.Series:
+        """The trees' probability before calibration."""
+        matrix = self.matrix(features)
         if matrix.empty:
             return pd.Series(dtype="float64", index=features.index)
         return pd.Series(self.booster.predict(matrix.to_numpy()), index=features.index, dtype="float64")
 
-    def reasons(self, features: pd.DataFrame, top: int = 3) -> pd.Series:
-        """The features that pushed each score up most (LightGBM's per-row SHAP contributions)."""
-        matrix = model_matrix(features, self.feature_names)
+    def predict(self, features: pd.DataFrame) -> pd.Series:
+        """Calibrated churn probability per customer (index preserved)."""
+        raw = self.predict_raw(features)
+        cal = self.calibration
+        return raw if cal is None or raw.empty else pd.Series(cal.apply(raw.to_numpy()), index=raw.index)
+
+    def contributions(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Per-row SHAP contributions (log-odds) of each input; costly: call it for few rows only."""
+        matrix = self.matrix(features)
         contrib = self.booster.predict(matrix.to_numpy(), pred_contrib=True)[:, :-1]
-        order = np.argsort(-contrib, axis=1)[:, :top]
-        names = np.array(self.feature_names)
-        return pd.Series([",".join(names[row]) for row in order], index=features.index)
+        return pd.DataFrame(contrib, index=features.index, columns=list(self.feature_names))
+
+    def reasons(self, features: pd.DataFrame, top: int = 3) -> pd.DataFrame:
+        """The `top` reasons, phrased for ops, that pushed each customer's score up most."""
+        from models.reasons import explain
+
+        params = self.bgnbd
+        derived = pd.DataFrame(index=features.index)
+        if params is not None:  # the customer's BG/NBD numbers, to phrase the "lapse" reason
+            rfm = bgnbd.rfm(features)
+            derived["bgnbd_p_alive"] = params.p_alive(*rfm)
+            derived["bgnbd_expected_orders"] = params.expected_purchases(*rfm, self.horizon_days)
+        derived.attrs["horizon_days"] = self.horizon_days
+        return explain(features, self.contributions(features), top=top, derived=derived)
 
     def to_record(self) -> dict:
-        meta = {
-            **self.meta,
-            "feature_names": list(self.feature_names),
-            "metrics": self.metrics,
-        }
+        """What the registry row and the on-disk artifact both hold."""
+        meta = {**self.meta, "feature_names": list(self.feature_names), "metrics": self.metrics}
         return {
             "name": "churn",
             "version": self.version,
             "as_of": self.as_of,
             "horizon_days": self.horizon_days,
-            "meta": json.dumps(meta, sort_keys=True, default=str),
+            "meta": json.dumps(meta, sort_keys=True, default=str, indent=1),
             "booster": self.booster.model_to_string(),
         }
 
@@ -117,65 +173,95 @@ class ChurnModel:
         return cls(booster, record["version"], as_of, int(record["horizon_days"]), names,
                    meta.get("metrics", {}), meta)
 
-    def check_schema(self, expected: tuple[str, ...] = MODEL_FEATURES) -> None:
-        """Refuse a model trained on a different feature set, saying exactly what differs."""
-        if tuple(self.feature_names) != tuple(expected):
-            extra = sorted(set(self.feature_names) - set(expected))
-            lacking = sorted(set(expected) - set(self.feature_names))
+    def check_schema(self, features: pd.DataFrame | None = None) -> None:
+        """Refuse to score when the model's inputs and the data's (or this code's) features differ, saying how."""
+        unknown = [n for n in self.feature_names if n not in KNOWN_FEATURES]
+        if unknown:
             raise ModelError(
-                f"model {self.version} was trained on a different feature set"
-                f" (only in the model: {extra or 'none'}; only in this version: {lacking or 'none'})",
-                hint="retrain with `lifecycle model train`",
+                f"model {self.version} was trained on features this version of lifecycle does not compute: "
+                f"{', '.join(unknown)}", hint="retrain with `lifecycle model train`", code="L504")
+        if features is None:
+            return
+        lacking = [n for n in self.feature_names if n not in DERIVED_FEATURES and n not in features.columns]
+        extra = [n for n in usable_features(features) if n not in self.feature_names]
+        expected = self.meta.get("feature_dtypes", {})
+        changed = [f"{n} ({expected[n]} in the model, {features[n].dtype} here)" for n in self.feature_names
+                   if n in features.columns and n in expected and str(features[n].dtype) != expected[n]]
+        if lacking or extra or changed:
+            parts = []
+            if lacking:
+                tables = sorted({BY_NAME[n].source for n in lacking if n in BY_NAME})
+                parts.append(f"missing from the data: {', '.join(lacking)}"
+                             + (f" (they come from the {' and '.join(tables)} table)" if tables else ""))
+            if extra:
+                parts.append(f"in the data but not in the model: {', '.join(extra)}")
+            if changed:
+                parts.append(f"different types: {', '.join(changed)}")
+            raise ModelError(
+                f"model {self.version} does not match the data's features: " + "; ".join(parts),
+                hint="score with the same tables the model was trained on, or retrain on this data "
+                     "(`lifecycle model train`)",
                 code="L504",
             )
 
 
-def fit(train: list[tuple[pd.DataFrame, pd.Series]], valid: tuple[pd.DataFrame, pd.Series], *,
-        as_of: dt.date, horizon_days: int, cutoffs: list[dt.date]) -> ChurnModel:
-    """Train on the stacked training cutoffs; stop early on the later validation cutoff."""
-    x_train = pd.concat([model_matrix(x) for x, _ in train])
+def fit(train: list[tuple[pd.DataFrame, pd.Series]], stop: tuple[pd.DataFrame, pd.Series],
+        calibrate: tuple[pd.DataFrame, pd.Series], *, as_of: dt.date, horizon_days: int,
+        params: bgnbd.BGNBD, meta: dict | None = None) -> ChurnModel:
+    """Train on the stacked training cutoffs, stop early on `stop`, fit calibration on `calibrate`.
+
+    `stop` and `calibrate` are disjoint customers of the latest cutoff: the trees never learn from
+    either, and the calibration never sees the rows that chose the number of trees.
+    """
+    names = usable_features(train[0][0])
+    build = lambda x: model_matrix(x, names, params=params, horizon_days=horizon_days)  # noqa: E731
+    x_train = pd.concat([build(x) for x, _ in train])
     y_train = pd.concat([y for _, y in train]).astype(int)
-    x_valid, y_valid = model_matrix(valid[0]), valid[1].astype(int)
-    if len(x_train) < 200 or y_train.nunique() < 2 or y_valid.nunique() < 2:
+    x_stop, y_stop = build(stop[0]), stop[1].astype(int)
+    x_cal, y_cal = build(calibrate[0]), calibrate[1].astype(int)
+    if len(x_train) < 200 or y_train.nunique() < 2 or y_stop.nunique() < 2 or y_cal.nunique() < 2:
         raise ModelError(
             f"not enough history to train: {len(x_train)} training examples"
-            f" ({int(y_train.sum())} churned), {len(x_valid)} validation examples",
-            hint="train on a warehouse with more customers or a longer history (--as-of later, --horizon-days smaller)",
+            f" ({int(y_train.sum())} churned), {len(x_stop) + len(x_cal)} validation examples",
+            hint="train on more customers or a longer history (--as-of later, --horizon-days smaller)",
             code="L505",
         )
-    dtrain = lgb.Dataset(x_train.to_numpy(), y_train.to_numpy(), feature_name=list(MODEL_FEATURES),
-                         free_raw_data=True)
-    dvalid = lgb.Dataset(x_valid.to_numpy(), y_valid.to_numpy(), reference=dtrain)
-    booster = lgb.train(
-        PARAMS, dtrain, num_boost_round=500, valid_sets=[dvalid],
-        callbacks=[lgb.early_stopping(30, verbose=False)],
-    )
-    p_valid = booster.predict(x_valid.to_numpy(), num_iteration=booster.best_iteration)
+    dtrain = lgb.Dataset(x_train.to_numpy(), y_train.to_numpy(), feature_name=list(names), free_raw_data=True)
+    dstop = lgb.Dataset(x_stop.to_numpy(), y_stop.to_numpy(), reference=dtrain)
+    booster = lgb.train(PARAMS, dtrain, num_boost_round=MAX_ROUNDS, valid_sets=[dstop],
+                        callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
+    # keep only the trees early stopping chose, so every later predict (and SHAP) uses the same model
+    booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+    raw_cal = booster.predict(x_cal.to_numpy())
+    platt = Platt.fit(raw_cal, y_cal.to_numpy())
+    from models.metrics import brier, roc_auc
+
+    p_cal = platt.apply(raw_cal)
     metrics = {
-        "valid_auc": round(_auc(y_valid.to_numpy(), p_valid), 4),
-        "valid_base_rate": round(float(y_valid.mean()), 4),
+        "valid_auc": round(roc_auc(y_cal.to_numpy(), p_cal), 4),
+        "valid_base_rate": round(float(y_cal.mean()), 4),
+        "valid_brier_raw": round(brier(y_cal.to_numpy(), raw_cal), 5),
+        "valid_brier_calibrated": round(brier(y_cal.to_numpy(), p_cal), 5),
         "train_examples": int(len(x_train)),
-        "valid_examples": int(len(x_valid)),
-        "best_iteration": int(booster.best_iteration),
+        "train_base_rate": round(float(y_train.mean()), 4),
+        "valid_examples": int(len(x_cal) + len(x_stop)),
+        "best_iteration": int(booster.current_iteration()),
     }
     fingerprint = hashlib.sha256(
         pd.util.hash_pandas_object(x_train, index=True).values.tobytes()
     ).hexdigest()[:12]
-    version = f"churn-{as_of:%Y%m%d}-h{horizon_days}-{fingerprint}"
-    meta = {
-        "cutoffs": [c.isoformat() for c in cutoffs],
+    from models.drift import reference
+
+    all_meta = {
+        **(meta or {}),
         "data_fingerprint": fingerprint,
+        "feature_dtypes": feature_dtypes(train[0][0], names),
+        "bgnbd": params.to_dict(),
+        "calibration": platt.to_dict(),
+        "drift_reference": reference(pd.concat([stop[0], calibrate[0]]),
+                                     np.concatenate([platt.apply(booster.predict(x_stop.to_numpy())), p_cal])),
         "libraries": {"lightgbm": lgb.__version__, "pandas": pd.__version__, "numpy": np.__version__,
-                      "python": platform.python_version()},
+                      "scipy": scipy.__version__, "python": platform.python_version()},
     }
-    return ChurnModel(booster, version, as_of, horizon_days, MODEL_FEATURES, metrics, meta)
-
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC-AUC via the rank-sum identity (no scikit-learn dependency for one number)."""
-    ranks = pd.Series(p).rank().to_numpy()
-    pos = y == 1
-    n_pos, n_neg = pos.sum(), (~pos).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    version = f"churn-{as_of:%Y%m%d}-h{horizon_days}-{fingerprint}"
+    return ChurnModel(booster, version, as_of, horizon_days, names, metrics, all_meta)

@@ -1,8 +1,17 @@
-"""The model registry: trained models live in the warehouse, so every worker scores with the same one."""
+"""Where trained models live: the warehouse's `model_registry` table, and versioned folders on disk.
+
+Both hold the same artifact: the booster text (`model.txt`) and one JSON document (`model.json`:
+feature names and dtypes, horizon, cutoffs and training window, data fingerprint, metrics, BG/NBD
+parameters, calibration, drift reference, library versions). On disk, `DIR/<version>/` holds the
+two files and `DIR/LATEST` names the newest version, so `--model DIR` and `--model DIR/<version>`
+both work.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
@@ -45,3 +54,33 @@ def require(engine: Engine, name: str = "churn") -> ChurnModel:
         )
     model.check_schema()
     return model
+
+
+def save_dir(model: ChurnModel, root: Path | str) -> Path:
+    """Write `root/<version>/model.txt` and `model.json`, and point `root/LATEST` at it."""
+    root = Path(root)
+    record = model.to_record()
+    folder = root / record["version"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.txt").write_text(record["booster"])
+    document = {"name": record["name"], "version": record["version"], "as_of": record["as_of"].isoformat(),
+                "horizon_days": record["horizon_days"], "meta": json.loads(record["meta"])}
+    (folder / "model.json").write_text(json.dumps(document, indent=1, sort_keys=True, default=str) + "\n")
+    (root / "LATEST").write_text(record["version"] + "\n")
+    return folder
+
+
+def load_dir(path: Path | str) -> ChurnModel:
+    """A model from `DIR/<version>` (holding model.json) or from `DIR` (its LATEST version)."""
+    path = Path(path)
+    folder = path
+    if not (path / "model.json").is_file() and (path / "LATEST").is_file():
+        folder = path / (path / "LATEST").read_text().strip()
+    if not (folder / "model.json").is_file() or not (folder / "model.txt").is_file():
+        raise ModelError(f"no model artifact at {path} (expected model.json and model.txt, or a LATEST file)",
+                         hint="train one with `lifecycle model train --out DIR`", code="L508")
+    document = json.loads((folder / "model.json").read_text())
+    record = {"name": document["name"], "version": document["version"], "as_of": document["as_of"],
+              "horizon_days": document["horizon_days"], "meta": json.dumps(document["meta"]),
+              "booster": (folder / "model.txt").read_text()}
+    return ChurnModel.from_record(record)

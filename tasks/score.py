@@ -1,4 +1,4 @@
-"""Score: churn probability and reason codes from the registered LightGBM model, for a whole batch."""
+"""Score: churn probability, drift against training, and readable reasons, for a whole batch."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from models.churn import ChurnModel
+from models.drift import DriftPolicy, DriftReport, compare, enforce
+from models.reasons import joined
 
 
 def score_frame(features: pd.DataFrame, model: ChurnModel | None) -> pd.DataFrame:
@@ -15,6 +17,7 @@ def score_frame(features: pd.DataFrame, model: ChurnModel | None) -> pd.DataFram
     out["churn_score"] = pd.Series(pd.NA, index=out.index, dtype="Float64")
     if model is None or out.empty:
         return out
+    model.check_schema(features)
     buyers = out.index[out["orders_total"] > 0]
     if len(buyers):
         out.loc[buyers, "churn_score"] = model.predict(out.loc[buyers]).round(4).to_numpy()
@@ -22,21 +25,53 @@ def score_frame(features: pd.DataFrame, model: ChurnModel | None) -> pd.DataFram
 
 
 def add_reasons(frame: pd.DataFrame, model: ChurnModel | None) -> pd.DataFrame:
-    """Reason codes (top features pushing the score up) for the customers about to be touched only:
-    per-row SHAP values cost ~1 ms each, too much to spend on everyone scored."""
+    """Readable reasons ("no order for 94 days, 3.1x their usual gap; ...") for the customers about to be
+    touched only: per-row SHAP values cost ~0.5 ms each, too much to spend on everyone scored."""
     out = frame.copy()
     out["churn_reasons"] = pd.Series(pd.NA, index=out.index, dtype="string")
     if model is None or out.empty:
         return out
     scored = out.index[out["churn_score"].notna() & (out.get("tier", 0) >= 0)]
     if len(scored):
-        out.loc[scored, "churn_reasons"] = model.reasons(out.loc[scored]).to_numpy()
+        out.loc[scored, "churn_reasons"] = joined(model.reasons(out.loc[scored])).to_numpy()
     return out
+
+
+def check_drift(scored: pd.DataFrame, model: ChurnModel | None, *, policy: DriftPolicy = "warn",
+                playbook: str = "model score") -> tuple[DriftReport | None, list[str]]:
+    """PSI of scores and key features vs the model's training data; warnings, or a RunError under "stop"."""
+    if model is None or "drift_reference" not in model.meta:
+        return None, []
+    buyers = scored[scored["orders_total"] > 0]
+    report = compare(model.meta["drift_reference"], buyers)
+    return report, enforce(report, policy=policy, playbook=playbook, model_version=model.version,
+                           customers=len(scored))
 
 
 @task(name="score", cache_policy=NO_CACHE)
 def score(features: pd.DataFrame, model: ChurnModel | None) -> pd.DataFrame:
     return score_frame(features, model)
+
+
+@task(name="drift", cache_policy=NO_CACHE)
+def drift(scored: pd.DataFrame, model: ChurnModel | None, policy: DriftPolicy = "warn",
+          playbook: str = "playbook") -> DriftReport | None:
+    """Warn in the run's log and on its page in the Prefect UI when inputs drifted from training."""
+    from prefect import get_run_logger
+    from prefect.artifacts import create_markdown_artifact
+
+    report, warnings = check_drift(scored, model, policy=policy, playbook=playbook)
+    if report is None:
+        return None
+    logger = get_run_logger()
+    for line in warnings:
+        logger.warning("%s: %s", playbook, line)
+    if warnings:
+        create_markdown_artifact(
+            key=f"{playbook.replace('_', '-')}-drift", description="model input drift (PSI) vs training",
+            markdown=f"# Drift: {playbook}\n\nModel `{model.version}`: PSI over 0.1 means the inputs moved; "
+                     f"over 0.25, the playbook's drift policy ({policy}) applies.\n\n" + report.markdown())
+    return report
 
 
 @task(name="reasons", cache_policy=NO_CACHE)

@@ -1,0 +1,194 @@
+"""`lifecycle model train|score|backtest` and `lifecycle data import`: the model's commands.
+
+Each works on the warehouse (`--db URL`) or, with `--orders FILE.csv` (plus optional `--customers`
+and `--events` files), on CSV files alone, with no warehouse at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from typing import TYPE_CHECKING
+
+from infra.errors import UsageError
+from infra.warehouse import csvimport
+
+if TYPE_CHECKING:  # tasks.source imports Prefect; `lifecycle check` must not pay for that
+    from tasks.source import Source
+
+
+def _source(args: argparse.Namespace) -> tuple[Source, object | None]:
+    """CSV frames when --orders is given (no warehouse touched), else the warehouse; plus its engine."""
+    from tasks.source import FrameSource, SqlSource
+
+    if getattr(args, "orders", None):
+        orders = csvimport.read("orders", args.orders)
+        customers = csvimport.read("customers", args.customers) if getattr(args, "customers", None) else None
+        events = csvimport.read("events", args.events) if getattr(args, "events", None) else None
+        name = ", ".join(str(p) for p in (args.orders, getattr(args, "customers", None),
+                                          getattr(args, "events", None)) if p)
+        return FrameSource(orders, customers, events, name=name), None
+    for flag in ("customers", "events"):
+        if getattr(args, flag, None):
+            raise UsageError(f"--{flag} goes with --orders (CSV files instead of a warehouse)",
+                             hint="import it with `lifecycle data import`, or pass --orders too", code="L323")
+    from flows.commands import _context
+    from infra.warehouse.db import require_customers
+
+    _, _, engine = _context(args)
+    require_customers(engine)
+    return SqlSource(engine), engine
+
+
+def _as_of(args: argparse.Namespace, source: Source) -> dt.date:
+    if args.as_of:
+        return args.as_of
+    last = source.last_order_day()
+    if last is None:
+        raise UsageError("there are no orders to work with", hint="import orders or pass --orders FILE.csv",
+                         code="L324")
+    return last
+
+
+def model_train(args: argparse.Namespace) -> int:
+    from flows.training import fit_at
+    from models import registry
+
+    source, engine = _source(args)
+    as_of = _as_of(args, source)
+    started = time.perf_counter()
+    model = fit_at(source, as_of, args.horizon_days)
+    m = model.metrics
+    print(f"model: trained {model.version} in {time.perf_counter() - started:.1f} s on {source.describe()}, "
+          f"data up to {as_of}")
+    print(f"  validation AUC {m['valid_auc']:.3f} on {m['valid_examples']:,} customers (churn base rate "
+          f"{m['valid_base_rate']:.0%}); {m['train_examples']:,} training examples, {m['best_iteration']} trees")
+    print(f"  calibration: Brier {m['valid_brier_raw']:.4f} -> {m['valid_brier_calibrated']:.4f} on held-out customers")
+    print(f"  features: {len(model.feature_names)} ({'with' if model.meta['data']['events'] else 'without'} events)")
+    if engine is not None:
+        registry.save(engine, model)
+        print("  registered in the warehouse: flows score with it from now on")
+    if args.out:
+        print(f"  written to {registry.save_dir(model, args.out)}")
+    return 0
+
+
+def model_score(args: argparse.Namespace) -> int:
+    from models import registry
+    from models.reasons import joined
+    from tasks.features import build_features
+    from tasks.score import check_drift
+
+    model = registry.load_dir(args.model)
+    source, _ = _source(args)
+    as_of = _as_of(args, source)
+    started = time.perf_counter()
+    feats = build_features(source.extract(as_of))
+    feats = feats[feats["orders_total"] > 0]
+    model.check_schema(feats)
+    scores = model.predict(feats)
+    scored = feats.assign(churn_score=scores)
+    out = pd.DataFrame({"customer_id": feats.index, "churn_probability": scores.round(4).to_numpy()})
+    n = len(out) if args.reasons == "all" else min(int(args.reasons), len(out))
+    top = scores.sort_values(ascending=False, kind="stable").index[:n]
+    reasons = model.reasons(feats.loc[top]).reindex(feats.index).fillna("")
+    for col in reasons.columns:
+        out[col] = reasons[col].to_numpy()
+    out.to_csv(args.out, index=False)
+    took = time.perf_counter() - started
+    print(f"scored {len(out):,} customers as of {as_of} with {model.version} in {took:.1f} s -> {args.out}")
+    print(f"  mean churn probability {scores.mean():.1%}; {int((scores >= 0.5).sum()):,} at 50% or more; "
+          f"reasons for the {n:,} highest")
+    report, warnings = check_drift(scored, model, policy=args.drift_policy, playbook="model score")
+    for line in warnings:
+        print(f"  warning: {line}")
+    if report is not None and not warnings:
+        print(f"  drift: none (largest PSI {report.worst:.3f})")
+    if n:
+        example = out.set_index("customer_id").loc[top[0]]
+        print(f"  highest risk: {top[0]} {example['churn_probability']:.0%}: {joined(reasons.loc[[top[0]]]).iloc[0]}")
+    return 0
+
+
+def model_backtest(args: argparse.Namespace) -> int:
+    from models import backtest, report
+
+    source, _ = _source(args)
+    last = _as_of(args, source)
+    cutoffs = backtest.default_cutoffs(last, args.horizon_days, n=args.cutoffs)
+    started = time.perf_counter()
+    bt = backtest.run(source, cutoffs, args.horizon_days)
+    paths = report.write(bt, args.out, title=f"Churn backtest: {source.describe()}")
+    print(f"backtest over cutoffs {', '.join(c.isoformat() for c in cutoffs)} "
+          f"({len(bt.predictions):,} customer-cutoffs, {time.perf_counter() - started:.0f} s)")
+    print(f"  {'model':<10}" + "".join(f"{k:>19}" for k in report.METRICS))
+    for m in backtest.MODELS:
+        print(f"  {m:<10}" + "".join(f"{bt.pooled[m][k]:>19.4f}" for k in report.METRICS))
+    print(f"  report: {paths['html']} (also {paths['json'].name}, roc.png, calibration.png, lift.png)")
+    return 0
+
+
+def data_import(args: argparse.Namespace) -> int:
+    from flows.commands import _context
+    from infra.warehouse.db import display_url, upgrade
+
+    _, url, engine = _context(args, create=True)
+    upgrade(engine)
+    rows = csvimport.import_file(engine, args.kind, args.file, csvimport.parse_mapping(args.map))
+    print(f"imported {rows:,} {args.kind} from {args.file} into {display_url(url)}")
+    return 0
+
+
+def data(args: argparse.Namespace) -> int:
+    from flows import commands
+
+    return data_import(args) if args.data_command == "import" else commands.data_generate(args)
+
+
+def model(args: argparse.Namespace) -> int:
+    return {"train": model_train, "score": model_score, "backtest": model_backtest}[args.model_command](args)
+
+
+def _reasons(text: str) -> str:
+    if text == "all" or (text.isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"--reasons takes a number or 'all', not {text!r}")
+
+
+def add_arguments(model_sub, data_sub, common: argparse.ArgumentParser, date, positive) -> None:
+    """The model and data subcommands' arguments (cli.py owns the parser; this keeps its blocks short)."""
+    csv = argparse.ArgumentParser(add_help=False)
+    csv.add_argument("--orders", metavar="CSV", help="read orders from this CSV file instead of the warehouse")
+    csv.add_argument("--customers", metavar="CSV", help="with --orders: customers CSV (tenure, tier, points)")
+    csv.add_argument("--events", metavar="CSV", help="with --orders: events CSV (engagement features)")
+
+    train = model_sub.add_parser("train", parents=[common, csv], help="train the churn model (warehouse or --orders CSV)")
+    train.add_argument("--as-of", type=date, help="use only data up to this date (default: last order date)")
+    train.add_argument("--horizon-days", type=positive, default=90, help="churn = no order within this many days (default 90)")
+    train.add_argument("--out", metavar="DIR", help="also write the model to DIR/<version>/ (model.txt, model.json)")
+
+    score = model_sub.add_parser("score", parents=[common, csv], help="score customers with a model from disk")
+    score.add_argument("--model", metavar="DIR", required=True, help="a folder written by `model train --out`")
+    score.add_argument("--as-of", type=date, help="score as of this date (default: last order date)")
+    score.add_argument("--out", metavar="CSV", required=True, help="write customer_id, churn_probability, reasons here")
+    score.add_argument("--reasons", type=_reasons, default="10000",
+                       help="reason codes for this many highest-risk customers, or 'all' (default 10000; "
+                            "they cost about 0.5 ms per customer)")
+    score.add_argument("--drift-policy", choices=["warn", "stop"], default="warn",
+                       help="when inputs drifted far from training (PSI > 0.25): warn (default) or stop")
+
+    bt = model_sub.add_parser("backtest", parents=[common, csv], help="backtest against base rate, recency and BG/NBD")
+    bt.add_argument("--as-of", type=date, help="last day of data to use (default: last order date)")
+    bt.add_argument("--horizon-days", type=positive, default=90)
+    bt.add_argument("--cutoffs", type=positive, default=3, help="number of cutoffs, a month apart (default 3)")
+    bt.add_argument("--out", metavar="DIR", required=True, help="folder for backtest.json, report.html and PNG charts")
+
+    imp = data_sub.add_parser("import", parents=[common], help="validate a CSV file and load it into the warehouse")
+    imp.add_argument("kind", choices=["orders", "customers", "events"])
+    imp.add_argument("file", metavar="FILE.csv")
+    imp.add_argument("--map", action="append", metavar="SRC=DST", help="rename a column before validation (repeatable)")

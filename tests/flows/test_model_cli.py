@@ -1,0 +1,79 @@
+"""`lifecycle model train|score|backtest` and `data import` from the command line, with CSV files alone."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from flows.cli import main
+from tasks.source import FrameSource
+from tests.conftest import END, make_world
+
+
+@pytest.fixture(scope="module")
+def csvs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("csv")
+    engine = make_world(f"sqlite:///{folder / 'w.db'}", customers=3000, seed=8)
+    frames = FrameSource.from_warehouse(engine)
+    frames.orders.to_csv(folder / "orders.csv", index=False)
+    frames.events.to_csv(folder / "events.csv", index=False)
+    return folder
+
+
+def test_train_and_score_from_csv_with_no_warehouse(csvs, tmp_path, capsys):
+    orders = str(csvs / "orders.csv")
+    assert main(["model", "train", "--orders", orders, "--as-of", END.isoformat(), "--out", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert "without events" in out and "written to" in out
+    assert not (tmp_path / "home" / "warehouse.db").exists()
+    latest = (tmp_path / "m" / "LATEST").read_text().strip()
+    meta = json.loads((tmp_path / "m" / latest / "model.json").read_text())
+    assert meta["horizon_days"] == 90 and meta["meta"]["data"]["events"] is False
+
+    scores = tmp_path / "scores.csv"
+    assert main(["model", "score", "--model", str(tmp_path / "m"), "--orders", orders, "--as-of", END.isoformat(),
+                 "--out", str(scores), "--reasons", "50"]) == 0
+    frame = pd.read_csv(scores, keep_default_na=False)
+    assert list(frame.columns) == ["customer_id", "churn_probability", "reason_1", "reason_2", "reason_3"]
+    assert frame["churn_probability"].between(0, 1).all()
+    top = frame.nlargest(50, "churn_probability")
+    assert (top["reason_1"] != "").all()
+    assert "drift" in capsys.readouterr().out
+
+    # a model trained with events refuses data without them, saying what differs
+    assert main(["model", "train", "--orders", orders, "--events", str(csvs / "events.csv"), "--as-of",
+                 END.isoformat(), "--out", str(tmp_path / "m2")]) == 0
+    capsys.readouterr()
+    assert main(["model", "score", "--model", str(tmp_path / "m2"), "--orders", orders, "--out", str(scores)]) == 1
+    err = capsys.readouterr().err
+    assert "error[L504]" in err and "missing from the data: visits_30d" in err and "events table" in err
+
+
+def test_backtest_writes_json_html_and_charts(csvs, tmp_path, capsys):
+    out = tmp_path / "bt"
+    assert main(["model", "backtest", "--orders", str(csvs / "orders.csv"), "--events", str(csvs / "events.csv"),
+                 "--as-of", END.isoformat(), "--out", str(out)]) == 0
+    result = json.loads((out / "backtest.json").read_text())
+    assert len(result["cutoffs"]) == 3
+    assert set(result["pooled"]) == {"lightgbm", "base_rate", "recency", "bgnbd"}
+    assert set(result["pooled"]["lightgbm"]) == {"roc_auc", "pr_auc", "log_loss", "brier", "top_decile_lift",
+                                                 "calibration_error"}
+    assert result["pooled"]["lightgbm"]["roc_auc"] > result["pooled"]["recency"]["roc_auc"]
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3
+    for name in ("roc.png", "calibration.png", "lift.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_data_import_reports_bad_lines_and_exits_2(tmp_path, capsys):
+    bad = tmp_path / "orders.csv"
+    bad.write_text("customer_id,ordered_at,amount\nc1,2026-01-01,1\nc2,2026-02-30,2\n")
+    db = f"sqlite:///{tmp_path / 'w.db'}"
+    assert main(["data", "import", "orders", str(bad), "--db", db]) == 2
+    assert "orders.csv:3: column ordered_at: not an ISO 8601 date or datetime: '2026-02-30'" in capsys.readouterr().err
+    good = tmp_path / "good.csv"
+    good.write_text("cid,ordered_at,amount\nc1,2026-01-01,1\n")
+    assert main(["data", "import", "orders", str(good), "--db", db, "--map", "cid=customer_id"]) == 0
+    assert "imported 1 orders" in capsys.readouterr().out
