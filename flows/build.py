@@ -23,7 +23,7 @@ from tasks.common import warehouse
 from tasks.dispatch import DispatchResult, dispatch
 from tasks.extract import extract
 from tasks.features import features
-from tasks.score import reasons, score
+from tasks.score import drift, reasons, score
 from tasks.segment import segment
 
 
@@ -38,6 +38,8 @@ def playbook_flow(playbook: str, as_of: str, dry_run: bool = False) -> dict[str,
     raw = extract(engine, day)
     feats = features(raw)
     scored = score(feats, model)
+    # "warn" (default) or "stop" when a score or key feature drifted far (PSI > 0.25) from training
+    drift(scored, model, policy=getattr(plan, "drift_policy", "warn"), playbook=plan.name)
     selected, counts = segment(scored, plan, day)
     allocated = reasons(allocate(selected, plan, day, engine), model)
     result = dispatch(allocated, plan, day, engine=engine, config=config, run_id=str(flow_run.id),
@@ -55,6 +57,7 @@ def summarize(plan: Plan, as_of: dt.date, dry_run: bool, counts: dict, result: D
         "flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name,
         **counts,
         "touches": result.sent, "already_sent": result.already_sent, "dropped": result.dropped,
+        "deferred": result.deferred,
         "segment_channel": result.segment_channel, "outboxes": result.outboxes, "previews": result.previews,
     }
 
@@ -71,7 +74,8 @@ def _publish(plan: Plan, summary: dict[str, Any]) -> None:
         f" {summary['unmatched']:,} matched no segment",
         f"- touches {verb}: " + (", ".join(f"{ch} {n:,}" for ch, n in sorted(summary["touches"].items())) or "none"),
         f"- already sent by an earlier run today: {summary['already_sent']:,}",
-        "- dropped: " + (", ".join(f"{r} {n:,}" for r, n in sorted(summary["dropped"].items())) or "none"),
+        "- not touched: " + (", ".join(f"{r} {n:,}" for r, n in sorted(summary["dropped"].items())) or "none"),
+        f"- deferred until quiet hours end: {summary['deferred']:,}",
     ]
     for ch, where in sorted(summary["outboxes"].items()):
         lines.append(f"- outbox `{ch}`: `{where}`")

@@ -56,8 +56,19 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--as-of", type=_date, help="date the run acts on (default: today, UTC)")
     run.add_argument("--dry-run", action="store_true", help="decide and render, but write and send nothing")
 
-    check = sub.add_parser("check", parents=[common], help="validate playbooks without touching any data")
-    check.add_argument("playbooks", nargs="+")
+    check = sub.add_parser("check", parents=[common], help="validate playbooks, templates and config; no data touched")
+    check.add_argument("playbooks", nargs="*", metavar="PATHS",
+                       help="playbook files, folders of them or shipped names (default: every shipped playbook)")
+
+    plan = sub.add_parser("plan", parents=[common], help="dry run against the warehouse: counts, costs, drops, "
+                          "sample messages; sends and writes nothing")
+    plan.add_argument("playbook", help="path to a playbook YAML file (or the name of a shipped playbook)")
+    plan.add_argument("--as-of", type=_date, help="date to plan for (default: today, UTC)")
+    plan.add_argument("--format", choices=["table", "json"], default="table")
+
+    compile_ = sub.add_parser("compile", parents=[common], help="write the compiled plan as canonical JSON")
+    compile_.add_argument("playbook", help="path to a playbook YAML file (or the name of a shipped playbook)")
+    compile_.add_argument("--out", metavar="FILE", help="write here instead of standard output")
 
     data = sub.add_parser("data", help="warehouse data").add_subparsers(dest="data_command", required=True, metavar="ACTION")
     gen = data.add_parser("generate", parents=[common], help="generate a realistic demo world into an empty warehouse")
@@ -67,9 +78,9 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--end", type=_date, help="last day of the history (default: today, UTC)")
 
     model = sub.add_parser("model", help="the churn model").add_subparsers(dest="model_command", required=True, metavar="ACTION")
-    train = model.add_parser("train", parents=[common], help="train the churn model on the warehouse and register it")
-    train.add_argument("--as-of", type=_date, help="use only data up to this date (default: last order date)")
-    train.add_argument("--horizon-days", type=_positive, default=90, help="churn = no order within this many days (default 90)")
+    from flows.modelcmds import add_arguments  # train / score / backtest, and `data import`
+
+    add_arguments(model, data, common, _date, _positive)
 
     db = sub.add_parser("db", help="the warehouse schema").add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db.add_parser("upgrade", parents=[common], help="create the tables or apply pending migrations")
@@ -83,12 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     _prefect_defaults()
     args = parser().parse_args(argv)
     try:
-        from flows import commands
+        from flows import commands, modelcmds
 
         handler = {
             "demo": commands.demo, "run": commands.run, "check": commands.check, "ui": commands.ui,
-            "data": lambda a: commands.data_generate(a),
-            "model": lambda a: commands.model_train(a),
+            "plan": commands.plan_cmd, "compile": commands.compile_cmd,
+            "data": modelcmds.data,
+            "model": modelcmds.model,
             "db": lambda a: commands.db_upgrade(a) if a.db_command == "upgrade" else commands.db_status(a),
         }[args.command]
         return handler(args) or 0

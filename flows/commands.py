@@ -67,28 +67,69 @@ def _last_activity(engine: Engine) -> dt.date:
 
 # ---- check / run -------------------------------------------------------------------------------
 
+def _playbook_paths(args: list[str]) -> list[Path]:
+    """Files, folders (their *.yaml) and shipped names; no arguments: every shipped playbook."""
+    if not args:
+        return shipped_playbooks()
+    paths: list[Path] = []
+    for arg in args:
+        folder = Path(arg)
+        paths += sorted(folder.glob("*.yaml")) if folder.is_dir() else [resolve_playbook(arg)]
+    return paths
+
+
 def check(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    """Validate the project config, then every playbook and its templates; report every problem."""
+    from infra.errors import AuthorError
+
+    config = load_config(args.config)  # a broken config is reported (exit 2) before any playbook
     failed = 0
-    for arg in args.playbooks:
+    for arg in args.playbooks or [None]:
         try:
-            plan = compile_file(resolve_playbook(arg), config)
+            paths = _playbook_paths([arg] if arg else [])
         except UsageError as exc:
             print(exc.render(), file=sys.stderr)
             failed += 1
             continue
-        except Exception as exc:  # noqa: BLE001 - author errors of one file must not hide the others
-            from infra.errors import AuthorError
-
-            if not isinstance(exc, AuthorError):
-                raise
-            print(exc.render(), file=sys.stderr)
-            failed += 1
-            continue
-        tiers = sum(len(s.tiers) for s in plan.segments)
-        print(f"ok  {plan.name} v{plan.version}  plan {plan.plan_hash}  "
-              f"{len(plan.segments)} segments, {tiers} tiers, channels: {', '.join(plan.channels)}")
+        for path in paths:
+            try:
+                plan = compile_file(path, config)
+            except AuthorError as exc:
+                print(exc.render() + "\n", file=sys.stderr)
+                failed += 1
+                continue
+            tiers = sum(len(s.tiers) for s in plan.segments)
+            print(f"ok  {plan.name} v{plan.version}  plan {plan.plan_hash}  "
+                  f"{len(plan.segments)} segments, {tiers} tiers, {len(plan.follow_ups)} follow-ups, "
+                  f"channels: {', '.join(plan.channels)}")
     return 2 if failed else 0
+
+
+def compile_cmd(args: argparse.Namespace) -> int:
+    """The plan as canonical JSON (sorted keys, two-space indent) on stdout or in --out."""
+    plan = compile_file(resolve_playbook(args.playbook), load_config(args.config))
+    text = plan.to_json(indent=2) + "\n"
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out} (plan {plan.plan_hash})", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def plan_cmd(args: argparse.Namespace) -> int:
+    """A dry run against the warehouse: who would get what, at what cost; nothing sent or written."""
+    import json
+
+    from flows.preview import format_preview, preview
+
+    path = resolve_playbook(args.playbook)
+    plan = compile_file(path, load_config(args.config))
+    config, url, engine = _context(args)
+    model = _prepare_run(plan, engine)
+    report = preview(plan, engine, args.as_of or _today(), model)
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.format == "json" else format_preview(report))
+    return 0
 
 
 def _prepare_run(plan: Plan, engine: Engine):
@@ -138,8 +179,9 @@ def demo(args: argparse.Namespace) -> int:
     from flows.build import run_plan
 
     summaries = []
-    for path in shipped_playbooks():
-        plan = compile_file(path, config)
+    plans = [(compile_file(path, config), path) for path in shipped_playbooks()]
+    # Higher priority first: it takes the frequency-cap slots when playbooks compete for a customer.
+    for plan, path in sorted(plans, key=lambda pp: (-pp[0].guardrails.priority, pp[0].name)):
         summaries.append(run_plan(plan, str(path), as_of, dry_run=False,
                                   model_version=model.version if plan.model else None))
     print()
@@ -181,14 +223,6 @@ def _train(engine: Engine, as_of: dt.date, horizon: int):
           f"on {m['valid_examples']:,} customers (churn base rate {m['valid_base_rate']:.0%}), "
           f"{m['train_examples']:,} training examples")
     return model
-
-
-def model_train(args: argparse.Namespace) -> int:
-    _, url, engine = _context(args)
-    require_customers(engine)
-    as_of = args.as_of or _last_activity(engine)
-    _train(engine, as_of, args.horizon_days)
-    return 0
 
 
 def db_upgrade(args: argparse.Namespace) -> int:
@@ -237,12 +271,14 @@ def format_summary(s: dict) -> str:
     if s["already_sent"]:
         lines.append(f"  already sent earlier for this date (not repeated): {s['already_sent']:,}")
     if s["dropped"]:
-        lines.append("  dropped: " + ", ".join(f"{r} {n:,}" for r, n in sorted(s["dropped"].items())))
+        lines.append("  not touched: " + ", ".join(f"{r} {n:,}" for r, n in sorted(s["dropped"].items())))
+    if s.get("deferred"):
+        lines.append(f"  deferred until quiet hours end: {s['deferred']:,}")
     for ch, where in sorted(s["outboxes"].items()):
         lines.append(f"  outbox {ch}: {where}")
     for p in s.get("previews", [])[:4]:
         subject = f"[{p['subject']}] " if p.get("subject") else ""
-        lines.append(f"  preview {p['segment']}/tier {p['tier']}: {subject}{p['body'][:140]!r}")
+        lines.append(f"  preview {p['segment']}/tier {p['tier'] + 1}: {subject}{p['body'][:140]!r}")
     return "\n".join(lines)
 
 

@@ -93,10 +93,11 @@ _REJECTED_OPS: dict[type, tuple[str, str | None]] = {
 class ExprError(AuthorError):
     """A rule expression an author wrote is wrong; `col` is 1-based within the expression text."""
 
-    code = "L110"
+    code = "L110"  # L111 when the rule names a feature that does not exist
 
-    def __init__(self, message: str, col: int | None = None, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
+    def __init__(self, message: str, col: int | None = None, hint: str | None = None, *,
+                 code: str | None = None) -> None:
+        super().__init__(message, hint=hint, code=code)
         self.col = col
 
     def render(self) -> str:
@@ -284,7 +285,9 @@ class _Compiler:
             raise self.error(n, f"{n.id} is a function", f"call it: {_FUNCTIONS[n.id][2]}")
         feature = self.features.get(n.id)
         if feature is None:
-            raise self.error(n, f"unknown feature '{n.id}'", _suggest(n.id, self.features))
+            err = self.error(n, f"unknown feature '{n.id}'", _suggest(n.id, self.features))
+            err.code = "L111"
+            raise err
         return {"feature": feature.name, "type": feature.type}, _KIND[feature.type]
 
     def call(self, n: ast.Call, depth: int) -> tuple[dict[str, Any], Kind]:

@@ -11,6 +11,39 @@
 
 Author and usage errors exit 2 without a traceback; run errors name what was affected and what to
 run next; anything else is a bug and keeps its traceback.
+
+Playbook problems, one stable code per kind (each printed as `path:line:col: error[CODE] message`):
+
+    L101 file not found            L120 unknown key               L134 unknown template variable
+    L102 not UTF-8                 L121 missing key               L135 template reaches into internals
+    L103 YAML syntax               L122 wrong type or value       L136 unknown model
+    L104 tab in indentation        L123 not a valid name          L137 unknown segment
+    L105 duplicate key             L124 name is not the file's    L138 email without unsubscribe link
+    L106 not a mapping / too big   L125 defined twice             L140 segment rule structure
+    L110 expression syntax/type    L130 unknown channel           L141 segment can never match
+    L111 unknown feature           L131 channel nobody consents   L142 churn_score without a model
+                                   L132 template file missing     L143 template needs an offer
+                                   L133 template syntax           L150 splits do not add up to 100
+                                                                  L151 invalid cron
+                                                                  L152 unknown timezone
+                                                                  L153 unknown event type
+                                                                  L154 invalid time of day
+
+Config, command line, run:
+
+    L201 config file not found     L301 not a database URL        L401 no warehouse file there
+    L202 env variable not set      L302 no driver for the URL     L402 cannot connect
+    L203 config not a mapping      L303 playbook not found        L403 schema revision unknown
+    L204 config key/value wrong    L320 CSV rows or header wrong  L404 tables without migrations
+    L205 channel type unavailable  L321 CSV file not found        L405 no lifecycle tables yet
+                                   L322 --map not SOURCE=TARGET   L406 customers unreadable
+                                   L323 --customers/--events      L407 no customers
+                                        without --orders          L408 no orders
+                                   L324 no orders at all          L410 generate into non-empty
+    L501 no trained model          L505 too little history        L601 template failed to render
+    L502 feature table incomplete  L506 BG/NBD cannot be fitted
+    L503 model artifact damaged    L507 drift over the stop level
+    L504 features do not match     L508 no model artifact there
 """
 
 from __future__ import annotations
@@ -38,8 +71,23 @@ class LifecycleError(Exception):
 
 
 class AuthorError(LifecycleError):
+    """Something an author wrote is wrong; `problems` holds located ones (`path:line:col: error[...]`)."""
+
     code = "L100"
     exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None, code: str | None = None,
+                 problems: list[str] | None = None) -> None:
+        super().__init__(message, hint=hint, code=code)
+        self.problems = list(problems or [])
+
+    def render(self) -> str:
+        """Located problems each carry their own code; a bare message gets the usual one line."""
+        if not self.problems:
+            return super().render()
+        text = "\n\n".join(self.problems)
+        return text + (f"\n\n{self.message}" + (f"\n  hint: {self.hint}" if self.hint else "")
+                       if len(self.problems) > 1 else "")
 
 
 class ConfigError(AuthorError):

@@ -26,6 +26,14 @@ CONFIG_NAME = "lifecycle.yaml"
 ChannelType = Literal["outbox", "email", "webhook", "wecom"]
 IMPLEMENTED_CHANNEL_TYPES = {"outbox"}
 
+# The consent vocabulary: the channels a customer can grant or withdraw consent for (the warehouse's
+# `consents.channel`). A delivery channel governed by anything else can never reach anyone.
+CONSENT_CHANNELS = ("sms", "email", "push", "wecom")
+# Event types a trigger or a conversion goal may name: what the warehouse records, plus orders.
+EVENT_TYPES = ("order.placed", "app.visit", "product.view", "message.open", "message.click", "group.message")
+# Models a playbook may score with (trained by `lifecycle model train`, kept in the model registry).
+MODELS = ("churn",)
+
 
 def lifecycle_home() -> Path:
     """The state folder; created on first use."""
@@ -85,11 +93,8 @@ def _expand_env(value: Any, doc: SourceDoc, path: tuple) -> Any:
         def sub(m: re.Match[str]) -> str:
             name = m.group(1)
             if name not in os.environ:
-                raise ConfigError(
-                    format_located(doc, path, f"environment variable {name} is not set",
-                                   f"export {name}=... before running, or remove the reference"),
-                    code="L202",
-                )
+                raise _located(doc, path, f"environment variable {name} is not set",
+                               f"export {name}=... before running, or remove the reference", "L202")
             return os.environ[name]
         return _ENV_REF.sub(sub, value)
     return value
@@ -118,22 +123,24 @@ def load_config(explicit: str | None = None) -> ProjectConfig:
     doc = load_yaml(path, kind="config file")
     data = doc.data if doc.data is not None else {}
     if not isinstance(data, dict):
-        raise ConfigError(format_located(doc, (), "the config must be a mapping of settings",
-                                         "start with `channels:`"), code="L203")
+        raise _located(doc, (), "the config must be a mapping of settings", "start with `channels:`", "L203")
+    if doc.problems:
+        raise ConfigError(f"{len(doc.problems)} problem(s) in {path}", code="L204", problems=doc.problems)
     data = _expand_env(data, doc, ())
     try:
         config = ProjectConfig(**data, source=str(path))
     except ValidationError as exc:
-        raise ConfigError("\n".join(validation_problems(doc, exc, _allowed_keys)), code="L204") from None
+        problems = validation_problems(doc, exc, _allowed_keys, dict.fromkeys(("unknown", "missing", "value", "name"), "L204"))
+        raise ConfigError(f"{len(problems)} problem(s) in {path}", code="L204", problems=problems) from None
     for name, channel in config.channels.items():
         if channel.type not in IMPLEMENTED_CHANNEL_TYPES:
-            raise ConfigError(
-                format_located(doc, ("channels", name, "type"),
-                               f"channel type '{channel.type}' is not available in this version",
-                               "use `type: outbox` for now"),
-                code="L205",
-            )
+            raise _located(doc, ("channels", name, "type"), f"channel type '{channel.type}' is not available in this version",
+                           "use `type: outbox` for now", "L205")
     return config
+
+
+def _located(doc: SourceDoc, path: tuple, message: str, hint: str, code: str) -> ConfigError:
+    return ConfigError(message, code=code, problems=[format_located(doc, path, message, hint, code=code)])
 
 
 def _allowed_keys(parent: tuple) -> list[str]:

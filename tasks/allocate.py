@@ -1,8 +1,13 @@
 """Allocate: give each selected customer the first tier of their segment they are eligible for.
 
-Eligibility here is consent for the tier's channel and purpose, read just before dispatch so a
-withdrawal recorded a moment ago already counts. A customer eligible for no tier is dropped with
-the reason `no_consent`, recorded in the ledger like every other decision.
+First the playbook-wide guardrails: the holdout (`holdout`), the frequency cap across playbooks
+(`frequency_cap`) and quiet hours in the customer's timezone (`quiet_hours`: dropped, or kept and
+deferred). Then, tier by tier in order, a customer is eligible when they consented to the tier's
+channel and purpose (read just before dispatch, so a withdrawal a moment ago counts), the tier's
+daily capacity is not used up and the playbook's budget still covers the offer; otherwise they fall
+through to the next tier. Capacity and budget go to the highest churn score first. A customer
+eligible for no tier is dropped with the reason that stopped them last (`no_consent`, `capacity`,
+`budget`), recorded in the ledger like every other decision.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
 
 from flows.plan import Plan
+from tasks import guardrails
 from infra.warehouse.schema import consents
 from tasks.extract import day_end
 
@@ -47,30 +53,74 @@ def active_consents(engine: Engine, customer_ids: list[str], pairs: set[tuple[st
     return found
 
 
-def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str, str]]) -> pd.DataFrame:
-    """Columns tier (0-based, -1 when none), channel, template and reason, per selected customer."""
+def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str, str]], *,
+                 recent: pd.Series | None = None, send_at: dt.datetime | None = None) -> pd.DataFrame:
+    """Columns tier (0-based, -1 when none), channel, variant, cost, deferred and reason, per customer."""
     out = selected.copy()
-    out["tier"] = -1
-    out["channel"] = pd.Series(pd.NA, index=out.index, dtype="string")
-    out["reason"] = pd.Series(pd.NA, index=out.index, dtype="string")
+    n = len(out)
     ids = out.index.to_numpy()
+    tier = np.full(n, -1)
+    channel = np.full(n, None, dtype=object)
+    variant = np.full(n, None, dtype=object)
+    cost = np.zeros(n)
+    reason = np.full(n, "no_consent", dtype=object)  # why a customer got no tier, if none
+    active = np.ones(n, dtype=bool)
+    for why, mask in (("holdout", guardrails.held_out(ids, plan)),
+                      ("frequency_cap", guardrails.over_cap(recent, out.index, plan))):
+        reason[active & mask] = why
+        active &= ~mask
+    quiet = plan.guardrails.quiet_hours
+    deferred = np.zeros(n, dtype=bool)
+    if quiet is not None and send_at is not None and n:
+        mask = guardrails.in_quiet_hours(out.get("timezone", pd.Series("UTC", index=out.index)), send_at, quiet)
+        if quiet.action == "drop":
+            reason[active & mask] = "quiet_hours"
+            active &= ~mask
+        else:
+            deferred = mask
+    budget = plan.guardrails.budget.amount if plan.guardrails.budget else np.inf
+    rank = guardrails.priority_rank(out)
+    segments = out["segment"].to_numpy()
     for seg in plan.segments:
-        in_seg = (out["segment"] == seg.name).to_numpy()
-        for i, tier in enumerate(seg.tiers):
-            open_ = in_seg & (out["tier"].to_numpy() == -1)
-            if not open_.any():
+        in_seg = active & (segments == seg.name)
+        for i, t in enumerate(seg.tiers):
+            open_ = np.flatnonzero(in_seg & (tier == -1))
+            if not len(open_):
                 break
-            ok = np.fromiter(((cid, tier.consent_channel, tier.purpose) in granted for cid in ids[open_]),
-                             dtype=bool, count=int(open_.sum()))
-            take = np.flatnonzero(open_)[ok]
-            out.iloc[take, out.columns.get_loc("tier")] = i
-            out.iloc[take, out.columns.get_loc("channel")] = tier.channel
-    out.loc[out["tier"] == -1, "reason"] = "no_consent"
+            ok = np.fromiter(((cid, t.consent_channel, t.purpose) in granted for cid in ids[open_]),
+                             dtype=bool, count=len(open_))
+            cand = open_[ok]
+            cand = cand[np.argsort(rank[cand], kind="stable")]
+            if t.capacity is not None and len(cand) > t.capacity:
+                reason[cand[t.capacity:]] = "capacity"
+                cand = cand[: t.capacity]
+            arms = guardrails.pick_variants(ids[cand], plan, f"{seg.name}/{i}", t.variants)
+            unit = {a: (t.arm(a).offer.unit_cost if t.arm(a).offer else 0.0) for a in set(arms)}
+            costs = np.array([unit[a] for a in arms], dtype=float)
+            fits = (np.cumsum(costs) <= budget) | (costs == 0)
+            reason[cand[~fits]] = "budget"
+            take = cand[fits]
+            budget -= costs[fits].sum()
+            tier[take], channel[take], variant[take], cost[take] = i, t.channel, arms[fits], costs[fits]
+    out["tier"] = tier
+    out["channel"] = pd.Series(channel, index=out.index, dtype="string")
+    out["variant"] = pd.Series(variant, index=out.index, dtype="string")
+    out["cost"] = cost
+    out["deferred"] = deferred & (tier >= 0)
+    out["reason"] = pd.Series(np.where(tier >= 0, None, reason), index=out.index, dtype="string")
+    out.loc[out["deferred"], "reason"] = "quiet_hours"
     return out
+
+
+def allocate_frame(selected: pd.DataFrame, plan: Plan, as_of: dt.date, engine: Engine) -> pd.DataFrame:
+    """Read consents and recent sends for the selected customers, then choose their tiers."""
+    ids = list(selected.index)
+    pairs = {(t.consent_channel, t.purpose) for s in plan.segments for t in s.tiers}
+    granted = active_consents(engine, ids, pairs, consent_effective_at(as_of)) if ids else set()
+    recent = guardrails.recent_sends(engine, ids, plan, as_of)
+    return choose_tiers(selected, plan, granted, recent=recent, send_at=guardrails.send_instant(plan, as_of))
 
 
 @task(name="allocate", cache_policy=NO_CACHE)
 def allocate(selected: pd.DataFrame, plan: Plan, as_of: dt.date, engine: Engine) -> pd.DataFrame:
-    pairs = {(t.consent_channel, t.purpose) for s in plan.segments for t in s.tiers}
-    granted = active_consents(engine, list(selected.index), pairs, consent_effective_at(as_of)) if len(selected) else set()
-    return choose_tiers(selected, plan, granted)
+    return allocate_frame(selected, plan, as_of, engine)

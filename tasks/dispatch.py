@@ -4,6 +4,10 @@ Order of writes, so a crash never loses or doubles a touch: ledger rows `planned
 -> channel delivery -> ledger rows `sent`. A rerun for the same as-of date finds the keys already in
 the ledger: sent ones are skipped, planned ones (in flight at the crash) are delivered again with the
 same key. A dry run writes nothing and returns previews.
+
+Every decision is a ledger row: `planned` -> `sent`; `dropped` with its reason (`no_consent`,
+`frequency_cap`, `quiet_hours`, `capacity`, `budget`); `held_out` (reason `holdout`, the control
+group); `deferred` (reason `quiet_hours`, to be sent when the quiet hours end).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from infra.settings import ProjectConfig
 from infra.warehouse.bulk import bulk_insert
 from infra.warehouse.schema import touches
 from tasks.channels import open_channel
-from tasks.render import render_batch
+from tasks.render import coupon_code, render_batch, unsubscribe_url
 
 BATCH = 5_000
 STEP = "main"
@@ -36,6 +40,7 @@ class DispatchResult:
     already_sent: int = 0  # delivered by an earlier run for the same as-of date
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> customers
     outboxes: dict[str, str] = field(default_factory=dict)  # channel -> where to read it
+    deferred: int = 0  # kept for after the quiet hours
     previews: list[dict] = field(default_factory=list)  # dry run: a few rendered messages
     segment_channel: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -46,33 +51,50 @@ def touch_keys(plan: Plan, customer_ids: pd.Index, as_of: dt.date, step: str = S
     return np.array([hashlib.sha256((prefix + str(c)).encode()).hexdigest()[:32] for c in customer_ids])
 
 
-def _message_rows(frame: pd.DataFrame, plan: Plan) -> list[dict]:
+def _message_rows(frame: pd.DataFrame, plan: Plan, offer) -> list[dict]:
+    """The template context per row: the customer's columns plus offer, variant and unsubscribe link."""
     clean = frame.astype(object).where(frame.notna(), None)
     rows = clean.reset_index().to_dict("records")
     for row in rows:
         row["playbook"] = plan.name
         row["reasons"] = row.pop("churn_reasons", None)
+        row["unsubscribe_url"] = unsubscribe_url(str(row["customer_id"]), str(row.get("channel")))
+        if offer is not None:
+            row["offer"] = {**offer.model_dump(), "code": coupon_code(offer.coupon_pool, str(row.get("touch_key")))}
     return rows
 
 
 def render_messages(frame: pd.DataFrame, plan: Plan) -> pd.DataFrame:
-    """Rendered subject/body for each allocated row (grouped by segment and tier: one template each)."""
+    """Rendered subject/body for each allocated row (grouped by segment, tier and variant: one template each)."""
     parts = []
+    variants = frame["variant"] if "variant" in frame else pd.Series(pd.NA, index=frame.index, dtype="string")
     for seg in plan.segments:
         for i, tier in enumerate(seg.tiers):
-            group = frame[(frame["segment"] == seg.name) & (frame["tier"] == i)]
-            if group.empty:
-                continue
-            rows = _message_rows(group, plan)
-            body = render_batch(tier.body, rows, html=tier.html, name=tier.template)
-            subject = render_batch(tier.subject, rows, name=f"{tier.template} subject") if tier.subject else [None] * len(rows)
-            parts.append(pd.DataFrame({
-                "touch_key": group["touch_key"].to_numpy(), "customer_id": group.index.to_numpy(),
-                "playbook": plan.name, "segment": seg.name, "tier": i, "template": tier.template,
-                "subject": subject, "body": body,
-            }))
-    cols = ["touch_key", "customer_id", "playbook", "segment", "tier", "template", "subject", "body"]
+            for arm_name in [v.name for v in tier.variants] or [None]:
+                in_arm = variants.isna() if arm_name is None else (variants == arm_name).fillna(False)
+                group = frame[(frame["segment"] == seg.name) & (frame["tier"] == i) & in_arm.to_numpy()]
+                if group.empty:
+                    continue
+                arm = tier.arm(arm_name)
+                rows = _message_rows(group, plan, arm.offer)
+                body = render_batch(arm.body, rows, html=arm.html, name=arm.template)
+                subject = (render_batch(arm.subject, rows, name=f"{arm.template} subject") if arm.subject
+                           else [None] * len(rows))
+                parts.append(pd.DataFrame({
+                    "touch_key": group["touch_key"].to_numpy(), "customer_id": group.index.to_numpy(),
+                    "playbook": plan.name, "segment": seg.name, "tier": i, "variant": arm_name,
+                    "template": arm.template, "subject": subject, "body": body,
+                }))
+    cols = ["touch_key", "customer_id", "playbook", "segment", "tier", "variant", "template", "subject", "body"]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+
+
+def ledger_status(frame: pd.DataFrame) -> np.ndarray:
+    """The ledger status of each allocated row."""
+    tier = frame["tier"].to_numpy()
+    deferred = frame["deferred"].to_numpy(dtype=bool) if "deferred" in frame else np.zeros(len(frame), dtype=bool)
+    held = (frame["reason"] == "holdout").fillna(False).to_numpy(dtype=bool)
+    return np.select([(tier >= 0) & ~deferred, deferred, held], ["planned", "deferred", "held_out"], "dropped")
 
 
 def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engine: Engine,
@@ -81,10 +103,16 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
     result = DispatchResult()
     frame = allocated.copy()
     frame["touch_key"] = touch_keys(plan, frame.index, as_of)
-    templates = {(s.name, i): t.template for s in plan.segments for i, t in enumerate(s.tiers)}
-    frame["template"] = [templates.get((s, t)) for s, t in zip(frame["segment"], frame["tier"])]
-    planned = frame[frame["tier"] >= 0]
-    dropped = frame[frame["tier"] < 0]
+    if "variant" not in frame:
+        frame["variant"] = pd.Series(pd.NA, index=frame.index, dtype="string")
+    templates = {(s.name, i, v): t.arm(v).template for s in plan.segments for i, t in enumerate(s.tiers)
+                 for v in [None, *(a.name for a in t.variants)]}
+    frame["template"] = [templates.get((s, t, None if pd.isna(v) else v))
+                         for s, t, v in zip(frame["segment"], frame["tier"], frame["variant"])]
+    frame["status"] = ledger_status(frame)
+    planned = frame[frame["status"] == "planned"]
+    dropped = frame[frame["status"].isin(["dropped", "held_out"])]
+    result.deferred = int((frame["status"] == "deferred").sum())
     result.dropped = {str(k): int(v) for k, v in dropped["reason"].value_counts().items()}
     result.segment_channel = {
         seg: {str(ch): int(n) for ch, n in grp["channel"].value_counts().items()}
@@ -93,7 +121,7 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
     if dry_run:
         result.sent = {str(k): int(v) for k, v in planned["channel"].value_counts().items()}
         preview = render_messages(planned.groupby(["segment", "tier"]).head(2), plan)
-        result.previews = preview[["segment", "tier", "template", "subject", "body"]].to_dict("records")
+        result.previews = preview[["segment", "tier", "variant", "template", "subject", "body"]].to_dict("records")
         return result
 
     status = _ledger_status(engine, plan, as_of)
@@ -104,11 +132,11 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
         "playbook_version": plan.version, "plan_hash": plan.plan_hash, "step": STEP, "as_of": as_of,
         "customer_id": new.index.to_numpy(), "segment": new["segment"].to_numpy(),
         "tier": new["tier"].to_numpy(), "channel": new["channel"].astype(object).to_numpy(),
-        "template": new["template"].to_numpy(), "variant": None,
+        "template": new["template"].to_numpy(), "variant": _nullable(new["variant"]),
         "score": pd.to_numeric(new["churn_score"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan),
         "model_version": model_version,
-        "status": np.where(new["tier"] >= 0, "planned", "dropped"),
-        "reason": new["reason"].astype(object).to_numpy(), "created_at": now, "updated_at": now,
+        "status": new["status"].to_numpy(),
+        "reason": _nullable(new["reason"]), "created_at": now, "updated_at": now,
     })
     ledger["tier"] = ledger["tier"].astype("Int64").where(ledger["tier"] >= 0)
     with engine.begin() as conn:
@@ -127,6 +155,12 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
             _mark(engine, list(messages["touch_key"]), "sent")
         result.sent[str(channel_name)] = int(len(group))
     return result
+
+
+def _nullable(column: pd.Series) -> np.ndarray:
+    """Text with None (not pd.NA) for missing values, which every database driver accepts."""
+    values = column.astype(object).to_numpy()
+    return np.where(pd.isna(values), None, values)
 
 
 def _ledger_status(engine: Engine, plan: Plan, as_of: dt.date) -> dict[str, str]:

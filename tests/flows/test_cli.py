@@ -70,19 +70,51 @@ def test_broken_playbook_points_at_the_line(tmp_path):
     bad = tmp_path / "winback.yaml"
     bad.write_text("name: winback\nsegments:\n  - name: a\n    whn: \"recency_days > 30\"\n    tiers: []\n")
     r = cli("check", str(bad))
-    assert_clean_failure(r, 2, f"{bad}:4:5: unknown key 'whn'", "did you mean 'when'?")
+    assert_clean_failure(r, 2, f"{bad}:4:5: error[L120] unknown key 'whn'", "did you mean 'when'?")
 
 
 def test_bad_config_points_at_the_line(tmp_path):
     cfg = tmp_path / "lifecycle.yaml"
     cfg.write_text("channels:\n  sms:\n    type: outbox\n    consnet: sms\n")
     assert_clean_failure(cli("check", "churn_winback", "--config", str(cfg)), 2,
-                         f"{cfg}:4:5: unknown key 'consnet'", "did you mean 'consent'?")
+                         f"{cfg}:4:5: error[L204] unknown key 'consnet'", "did you mean 'consent'?")
 
 
 def test_check_passes_shipped_playbooks():
     r = cli("check", "churn_winback", "dormant_wakeup", "birthday_care")
     assert r.returncode == 0 and r.stdout.count("ok  ") == 3, r.stdout + r.stderr
+    every = cli("check")
+    shipped = len(list((Path(__file__).resolve().parents[2] / "playbooks").glob("*.yaml")))
+    assert every.returncode == 0 and every.stdout.count("ok  ") == shipped >= 5, every.stdout + every.stderr
+
+
+def test_check_reports_every_file_in_the_required_format(tmp_path):
+    (tmp_path / "tabbed.yaml").write_text("name: tabbed\nsegments:\n\t- name: a\n")
+    (tmp_path / "typo.yaml").write_text("name: typo\nsegments:\n  - name: a\n    when: \"monetary_356d > 1\"\n"
+                                        "    tiers: [{channel: push, template: x.j2}]\n")
+    r = cli("check", str(tmp_path))
+    assert_clean_failure(r, 2, f"{tmp_path / 'tabbed.yaml'}:3:1: error[L104] invalid YAML: a tab in the indentation",
+                         f"{tmp_path / 'typo.yaml'}:4:12: error[L111] unknown feature 'monetary_356d'",
+                         "did you mean 'monetary_365d'", "^", "error[L132] template file not found")
+
+
+def test_compile_writes_the_same_json_every_time(tmp_path):
+    first, second = cli("compile", "churn_winback"), cli("compile", "churn_winback", "--out", str(tmp_path / "p.json"))
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout == (tmp_path / "p.json").read_text()
+    plan = json.loads(first.stdout)
+    assert plan["name"] == "churn_winback" and plan["guardrails"]["budget"]["amount"] == 20000
+
+
+def test_plan_previews_against_the_warehouse_as_json(tmp_path):
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    make_world(url, customers=600)
+    r = cli("plan", "new_customer_onboarding", "--as-of", END.isoformat(), "--db", url, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["playbook"] == "new_customer_onboarding" and report["tiers"]
+    table = cli("plan", "new_customer_onboarding", "--as-of", END.isoformat(), "--db", url)
+    assert table.returncode == 0 and "projected cost:" in table.stdout, table.stderr
 
 
 @pytest.mark.slow

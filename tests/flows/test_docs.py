@@ -19,4 +19,5 @@ def test_the_guides_example_playbook_compiles(tmp_path):
     path = tmp_path / "churn_winback.yaml"
     path.write_text(example)
     plan = compile_file(path, load_config())
-    assert [s.name for s in plan.segments] == ["high_value", "everyone_else"]
+    assert [s.name for s in plan.segments] == ["high_value", "mid_value", "everyone_else"]
+    assert plan.follow_ups and plan.guardrails.budget and plan.experiment and plan.goal and plan.schedule

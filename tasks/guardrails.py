@@ -1,0 +1,118 @@
+"""Guardrails as plain vectorised functions: holdout, variants, frequency cap, quiet hours, priority order.
+
+Both the flow's allocate step and `lifecycle plan` use these, so a preview and the real run decide
+alike. Everything is deterministic: the same customers, plan and as-of date give the same answer.
+Only `recent_sends` reads the warehouse (the touch ledger); the rest is pure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import zoneinfo
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import and_, func, not_, select
+from sqlalchemy.engine import Engine
+
+from flows.plan import Plan, QuietHours, VariantPlan
+from infra.warehouse.schema import touches
+
+CHUNK = 20_000
+DEFAULT_SEND_TIME = dt.time(10, 0)  # UTC, for playbooks without a schedule
+
+
+def buckets(ids: Sequence[str], *parts: str) -> np.ndarray:
+    """A stable number in [0, 100) per customer for the salt `parts`: same inputs, same bucket."""
+    prefix = "|".join(parts) + "|"
+    return np.fromiter((int.from_bytes(hashlib.sha256((prefix + str(c)).encode()).digest()[:8], "big") % 10_000 / 100
+                        for c in ids), dtype=float, count=len(ids))
+
+
+def held_out(ids: Sequence[str], plan: Plan) -> np.ndarray:
+    """Customers in the control group: a hash of (customer, playbook, salt) below the holdout percent."""
+    e = plan.experiment
+    if e is None or e.holdout_percent <= 0:
+        return np.zeros(len(ids), dtype=bool)
+    return buckets(ids, "holdout", plan.name, e.salt) < e.holdout_percent
+
+
+def pick_variants(ids: Sequence[str], plan: Plan, where: str, variants: Sequence[VariantPlan]) -> np.ndarray:
+    """Each customer's variant by cumulative split over a stable bucket (independent of the holdout's)."""
+    if not variants:
+        return np.full(len(ids), None, dtype=object)
+    salt = plan.experiment.salt if plan.experiment else plan.name
+    b = buckets(ids, "variant", plan.name, salt, where)
+    edges = np.cumsum([v.split for v in variants])
+    index = np.minimum(np.searchsorted(edges, b, side="right"), len(variants) - 1)
+    return np.array([v.name for v in variants], dtype=object)[index]
+
+
+def send_instant(plan: Plan, as_of: dt.date) -> dt.datetime:
+    """When this run's messages go out: the schedule's first time on the as-of day (aware), else 10:00 UTC."""
+    if plan.schedule is None:
+        return dt.datetime.combine(as_of, DEFAULT_SEND_TIME, tzinfo=dt.UTC)
+    from cronsim import CronSim
+
+    tz = zoneinfo.ZoneInfo(plan.schedule.timezone)
+    start = dt.datetime.combine(as_of, dt.time(), tzinfo=tz) - dt.timedelta(seconds=1)
+    return next(CronSim(plan.schedule.cron, start))
+
+
+def _minutes(text: str) -> int:
+    hours, minutes = text.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def in_quiet_hours(timezones: pd.Series, at: dt.datetime, quiet: QuietHours) -> np.ndarray:
+    """True where `at` falls in the quiet window in the customer's own timezone (unknown zones: UTC)."""
+    start, end = _minutes(quiet.start), _minutes(quiet.end)
+    out = np.zeros(len(timezones), dtype=bool)
+    zones = timezones.fillna("UTC").astype(str).to_numpy()
+    for name in np.unique(zones):
+        try:
+            local = at.astimezone(zoneinfo.ZoneInfo(name))
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            local = at.astimezone(dt.UTC)
+        m = local.hour * 60 + local.minute
+        quiet_now = (start <= m < end) if start < end else (m >= start or m < end)  # a window may span midnight
+        out[zones == name] = quiet_now
+    return out
+
+
+def priority_rank(frame: pd.DataFrame) -> np.ndarray:
+    """Who goes first for capacity and budget: highest churn score, then customer id (stable)."""
+    score = pd.to_numeric(frame["churn_score"], errors="coerce") if "churn_score" in frame else \
+        pd.Series(np.nan, index=frame.index)
+    order = np.lexsort((frame.index.astype(str).to_numpy(), -score.fillna(-1).to_numpy(dtype=float)))
+    rank = np.empty(len(frame), dtype=np.int64)
+    rank[order] = np.arange(len(frame))
+    return rank
+
+
+def over_cap(recent: pd.Series | None, ids: pd.Index, plan: Plan) -> np.ndarray:
+    """Customers who already had `max` touches within the cap window, across all playbooks."""
+    cap = plan.guardrails.frequency_cap
+    if cap is None or recent is None:
+        return np.zeros(len(ids), dtype=bool)
+    return recent.reindex(ids).fillna(0).to_numpy() >= cap.max
+
+
+def recent_sends(engine: Engine, ids: list[str], plan: Plan, as_of: dt.date) -> pd.Series:
+    """Sent touches per customer in the cap window up to the as-of day, any playbook (this run excluded)."""
+    cap = plan.guardrails.frequency_cap
+    if cap is None or not ids:
+        return pd.Series(dtype="int64")
+    t = touches.c
+    since = as_of - dt.timedelta(days=cap.days - 1)
+    this_run = and_(t.playbook == plan.name, t.as_of == as_of)
+    counts: dict[str, int] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(ids), CHUNK):
+            stmt = (select(t.customer_id, func.count()).where(
+                t.customer_id.in_(ids[start : start + CHUNK]), t.status == "sent",
+                t.as_of >= since, t.as_of <= as_of, not_(this_run)).group_by(t.customer_id))
+            counts.update({c: int(n) for c, n in conn.execute(stmt)})
+    return pd.Series(counts, dtype="int64")
