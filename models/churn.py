@@ -81,6 +81,25 @@ def model_matrix(features: pd.DataFrame, names: tuple[str, ...], *, params: bgnb
     return pd.DataFrame(out, index=features.index, columns=list(names))
 
 
+PRIOR = "bgnbd_p_no_order"  # the trees boost from BG/NBD's own answer and learn corrections to it
+
+
+def prior_logit(matrix: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """BG/NBD's log-odds of churn per row: the trees' starting score (LightGBM's init_score)."""
+    p = np.clip(matrix[:, names.index(PRIOR)], 1e-4, 1 - 1e-4)
+    return np.log(p) - np.log1p(-p)
+
+
+def tree_probability(booster: lgb.Booster, matrix: np.ndarray, names: tuple[str, ...], *,
+                     from_prior: bool = True) -> np.ndarray:
+    """Uncalibrated churn probability: BG/NBD's log-odds plus the trees' correction (models trained
+    before boosting from the prior have no `prior_mean` in their metadata and use the trees alone)."""
+    z = booster.predict(matrix, raw_score=True)
+    if from_prior:
+        z = z + prior_logit(matrix, names)
+    return 1.0 / (1.0 + np.exp(-z))
+
+
 def feature_dtypes(features: pd.DataFrame, names: tuple[str, ...]) -> dict[str, str]:
     """The dtype each input had at training: a scoring frame must give the same."""
     return {n: (str(features[n].dtype) if n in features.columns else "float64") for n in names}
@@ -116,7 +135,9 @@ class ChurnModel:
         matrix = self.matrix(features)
         if matrix.empty:
             return pd.Series(dtype="float64", index=features.index)
-        return pd.Series(self.booster.predict(matrix.to_numpy()), index=features.index, dtype="float64")
+        return pd.Series(tree_probability(self.booster, matrix.to_numpy(), self.feature_names,
+                                          from_prior="prior_mean" in self.meta),
+                         index=features.index, dtype="float64")
 
     def predict(self, features: pd.DataFrame) -> pd.Series:
         """Calibrated churn probability per customer (index preserved)."""
@@ -125,9 +146,16 @@ class ChurnModel:
         return raw if cal is None or raw.empty else pd.Series(cal.apply(raw.to_numpy()), index=raw.index)
 
     def contributions(self, features: pd.DataFrame) -> pd.DataFrame:
-        """Per-row SHAP contributions (log-odds) of each input; costly: call it for few rows only."""
-        matrix = self.matrix(features)
-        contrib = self.booster.predict(matrix.to_numpy(), pred_contrib=True)[:, :-1]
+        """Per-row SHAP contributions (log-odds) of each input; costly: call it for few rows only.
+
+        The BG/NBD starting score counts as part of the P(no order) input's contribution, measured
+        from its average over the training customers, so "their buying pattern says they stopped"
+        can rank among the reasons."""
+        matrix = self.matrix(features).to_numpy()
+        contrib = self.booster.predict(matrix, pred_contrib=True)[:, :-1]
+        if "prior_mean" in self.meta:
+            prior = prior_logit(matrix, self.feature_names) - self.meta["prior_mean"]
+            contrib[:, self.feature_names.index(PRIOR)] += prior
         return pd.DataFrame(contrib, index=features.index, columns=list(self.feature_names))
 
     def reasons(self, features: pd.DataFrame, top: int = 3) -> pd.DataFrame:
@@ -226,13 +254,17 @@ def fit(train: list[tuple[pd.DataFrame, pd.Series]], stop: tuple[pd.DataFrame, p
             hint="train on more customers or a longer history (--as-of later, --horizon-days smaller)",
             code="L505",
         )
-    dtrain = lgb.Dataset(x_train.to_numpy(), y_train.to_numpy(), feature_name=list(names), free_raw_data=True)
-    dstop = lgb.Dataset(x_stop.to_numpy(), y_stop.to_numpy(), reference=dtrain)
+    # Boosting from BG/NBD's log-odds: the trees only learn what the statistical model misses, and
+    # early stopping keeps them from making it worse on data unlike ours.
+    dtrain = lgb.Dataset(x_train.to_numpy(), y_train.to_numpy(), feature_name=list(names), free_raw_data=True,
+                         init_score=prior_logit(x_train.to_numpy(), names))
+    dstop = lgb.Dataset(x_stop.to_numpy(), y_stop.to_numpy(), reference=dtrain,
+                        init_score=prior_logit(x_stop.to_numpy(), names))
     booster = lgb.train(PARAMS, dtrain, num_boost_round=MAX_ROUNDS, valid_sets=[dstop],
                         callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
     # keep only the trees early stopping chose, so every later predict (and SHAP) uses the same model
     booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
-    raw_cal = booster.predict(x_cal.to_numpy())
+    raw_cal = tree_probability(booster, x_cal.to_numpy(), names)
     platt = Platt.fit(raw_cal, y_cal.to_numpy())
     from models.metrics import brier, roc_auc
 
@@ -257,11 +289,16 @@ def fit(train: list[tuple[pd.DataFrame, pd.Series]], stop: tuple[pd.DataFrame, p
         "data_fingerprint": fingerprint,
         "feature_dtypes": feature_dtypes(train[0][0], names),
         "bgnbd": params.to_dict(),
+        "prior_mean": float(prior_logit(x_train.to_numpy(), names).mean()),
         "calibration": platt.to_dict(),
         "drift_reference": reference(pd.concat([stop[0], calibrate[0]]),
-                                     np.concatenate([platt.apply(booster.predict(x_stop.to_numpy())), p_cal])),
+                                     np.concatenate([platt.apply(tree_probability(booster, x_stop.to_numpy(), names)), p_cal])),
         "libraries": {"lightgbm": lgb.__version__, "pandas": pd.__version__, "numpy": np.__version__,
                       "scipy": scipy.__version__, "python": platform.python_version()},
     }
-    version = f"churn-{as_of:%Y%m%d}-h{horizon_days}-{fingerprint}"
+    # The version names the data *and* the recipe, so retraining the same data with other code or
+    # settings registers a new model instead of re-promoting the old one.
+    recipe = json.dumps({"params": PARAMS, "inputs": list(names), "boost_from": PRIOR,
+                         "lightgbm": lgb.__version__}, sort_keys=True)
+    version = f"churn-{as_of:%Y%m%d}-h{horizon_days}-{hashlib.sha256((fingerprint + recipe).encode()).hexdigest()[:12]}"
     return ChurnModel(booster, version, as_of, horizon_days, names, metrics, all_meta)

@@ -85,9 +85,14 @@ class FrameSource:
         self._o = {"ids": np.asarray(ids, dtype=object), "code": codes.astype(np.int64), "t": t,
                    "amount": o["amount"].to_numpy(dtype="float64")}
         if self.events is not None and len(self.events):
-            e = self.events[self.events["type"].isin(ENGAGEMENT_TYPES)]
+            # factorize once and look kinds up by code: a per-row map over tens of millions of
+            # strings costs seconds
+            tcodes, tnames = pd.factorize(self.events["type"])
+            lookup = np.array([ENGAGEMENT_TYPES.index(t) if t in ENGAGEMENT_TYPES else -1 for t in tnames], dtype=np.int8)
+            kinds = lookup[tcodes] if len(lookup) else np.empty(0, dtype=np.int8)
+            e = self.events[kinds >= 0]
+            kind = kinds[kinds >= 0]
             ecodes, eids = pd.factorize(e["customer_id"].astype(str), sort=True)
-            kind = e["type"].map({k: i for i, k in enumerate(ENGAGEMENT_TYPES)}).to_numpy(dtype=np.int8)
             self._e = {"ids": np.asarray(eids, dtype=object), "code": ecodes.astype(np.int64), "kind": kind,
                        "t": pd.to_datetime(e["occurred_at"]).to_numpy("datetime64[ns]").view("int64")}
         else:

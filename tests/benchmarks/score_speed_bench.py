@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from flows.training import fit_at  # noqa: E402
 from infra.warehouse.db import open_warehouse, upgrade  # noqa: E402
 from models import bgnbd  # noqa: E402
+from models.churn import tree_probability  # noqa: E402
 from tasks.features import build_features  # noqa: E402
 from tasks.source import FrameSource  # noqa: E402
 
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
             started = time.perf_counter()
             matrix = bare_features(frames.orders, frames.events, frames.customers, END, model.feature_names,
                                    model.bgnbd, 90)
-            bare = model.calibration.apply(model.booster.predict(matrix))
+            bare = model.calibration.apply(tree_probability(model.booster, matrix, model.feature_names,
+                                                                  from_prior="prior_mean" in model.meta))
             runs["bare"].append(time.perf_counter() - started)
         assert len(bare) == len(ours), (len(bare), len(ours))
         agree = np.corrcoef(np.sort(bare), np.sort(ours.to_numpy()))[0, 1]

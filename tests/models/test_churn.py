@@ -99,14 +99,14 @@ def test_calibration_lowers_the_brier_score_on_held_out_customers(world):
     held_out = pd.util.hash_array(latest.index.astype(str).to_numpy()) % 5 == 1  # neither calibration nor stop
     skewed = []
     for x, label in sets[1:]:
-        keep = (label == 0) | (np.arange(len(label)) % 3 == 0)  # a third of the churners
+        keep = (label == 0) | (np.arange(len(label)) % 5 == 0)  # a fifth of the churners
         skewed.append((x[keep.to_numpy()], label[keep.to_numpy()]))
     stop = ~group & ~held_out
     model = fit(skewed, (latest[stop], y[stop]), (latest[group], y[group]), as_of=END, horizon_days=90,
                 params=bgnbd.fit_features(latest))
     x_out, y_out = latest[held_out], y[held_out].to_numpy()
     raw, calibrated = brier(y_out, model.predict_raw(x_out)), brier(y_out, model.predict(x_out))
-    assert calibrated < raw - 0.005, (raw, calibrated)
+    assert calibrated < 0.98 * raw, (raw, calibrated)  # at least 2% lower
 
 
 def test_orders_alone_train_a_model_without_engagement_features(world):
