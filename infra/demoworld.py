@@ -33,6 +33,9 @@ DAY = 86_400  # seconds
 NEVER_BUY_SHARE = 0.15
 RATE_SHAPE, RATE_MEAN = 1.5, 1 / 50
 DROP_SHAPE, DROP_MEAN = 1.2, 1 / 250
+# Regularity: a third buy at Poisson-random times (BG/NBD's assumption); the rest keep a rhythm
+# (Gamma-distributed gaps with shape 1-6, mean 3), as replenishment shoppers do in real data.
+POISSON_SHARE = 0.35
 WELCOME_SHARE, WELCOME_DAYS = 0.45, 4.0  # many first orders follow sign-up within days
 SIGNUP_GROWTH = 0.6  # sign-up density grows like t**0.6 over the window
 
@@ -122,6 +125,7 @@ def generate_world(n_customers: int, *, days: int = 730, seed: int = 0, end: dt.
     people = _People(
         signup=signup,
         rate=rng.gamma(RATE_SHAPE, RATE_MEAN / RATE_SHAPE, n) * buyer,
+        regularity=np.where(rng.random(n) < POISSON_SHARE, 1.0, 1.0 + rng.gamma(2.0, 1.0, n)),
         death=signup + rng.exponential(1.0, n) / rng.gamma(DROP_SHAPE, DROP_MEAN / DROP_SHAPE, n),
         spend=rng.lognormal(np.log(220.0), 0.55, n),
         buyer=buyer,
@@ -138,7 +142,7 @@ def generate_world(n_customers: int, *, days: int = 730, seed: int = 0, end: dt.
     spend_year = np.bincount(orders["owner"][recent], orders["amount"][recent], minlength=n)
     # 1 point per unit spent, part of it redeemed, plus a sign-up bonus
     points = (spend_total * (1 - rng.uniform(0, 0.7, n) * (spend_total > 0)) + 100).astype(np.int64)
-    age_days = rng.uniform(18, 70, n) * 365.25
+    age_days = np.ceil(rng.uniform(18, 69.99, n) * 365.25)  # whole days, never under 18 years
     birthday = (np.datetime64(end, "D") - age_days.astype("timedelta64[D]")).astype(object)
     birthday[rng.random(n) < 0.08] = None
     west = tz >= _WESTERN_FROM
@@ -204,6 +208,7 @@ class _People:
 
     signup: np.ndarray
     rate: np.ndarray  # orders per day while alive; 0 for never-buyers
+    regularity: np.ndarray  # Gamma shape of the gaps between orders: 1 = Poisson, higher = steadier
     death: np.ndarray  # when the customer silently stops buying (may be after the horizon)
     spend: np.ndarray  # typical order value
     buyer: np.ndarray
@@ -238,15 +243,38 @@ def _poisson(rng: np.random.Generator, start: np.ndarray, stop: np.ndarray,
     return owner, start[owner] + rng.random(owner.size) * length[owner]
 
 
+def _renewal(rng: np.random.Generator, start: np.ndarray, stop: np.ndarray, rate: np.ndarray,
+             shape: np.ndarray, season: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Purchases as a renewal process with Gamma(shape) gaps of mean 1/rate, in seasonal time.
+
+    shape 1 is a Poisson process (what BG/NBD assumes); real shoppers are often more regular (a
+    replenishment rhythm), which shape > 1 gives. Seasonality is a change of clock: gaps are drawn
+    in "season-weighted days", so busy days get more orders without breaking a customer's rhythm.
+    """
+    days = np.arange(season.size + 1, dtype="float64")
+    clock = np.concatenate([[0.0], np.cumsum(season)])
+    a0, a1 = np.interp(start, days, clock), np.interp(stop, days, clock)
+    span = np.clip(a1 - a0, 0, None)
+    expected = rate * span
+    draws = np.where(rate > 0, np.ceil(expected + 4 * np.sqrt(expected / shape + 1) + 2), 0).astype(np.int64)
+    owner = np.repeat(np.arange(start.size), draws)
+    gaps = rng.gamma(shape[owner], 1.0 / (shape[owner] * np.maximum(rate[owner], 1e-12)))
+    first = np.cumsum(draws) - draws
+    gaps[first[draws > 0]] *= rng.random(int((draws > 0).sum()))  # already mid-rhythm at sign-up
+    total = np.cumsum(gaps)
+    before = np.concatenate([[0.0], total])[first]  # cumulative sum before each customer's first gap
+    position = a0[owner] + total - before[owner]
+    keep = position < a1[owner]
+    owner, position = owner[keep], position[keep]
+    return owner, np.interp(position, clock, days)
+
+
 def _orders(rng: np.random.Generator, clock: _Clock, season: np.ndarray,
             people: _People) -> dict[str, np.ndarray]:
     """Buy-till-you-die orders with seasonality by thinning; sorted by time."""
     signup, spend, n = people.signup, people.spend, people.signup.size
     alive_until = np.minimum(people.death, clock.horizon)
-    peak = season.max()
-    owner, t = _poisson(rng, signup, alive_until, people.rate * peak)
-    keep = rng.random(t.size) < season[t.astype(np.int64)] / peak
-    owner, t = owner[keep], t[keep]
+    owner, t = _renewal(rng, signup, alive_until, people.rate, people.regularity, season)
     welcome = np.flatnonzero(people.buyer & (rng.random(n) < WELCOME_SHARE))
     tw = signup[welcome] + rng.exponential(WELCOME_DAYS, welcome.size)
     alive = tw < alive_until[welcome]
