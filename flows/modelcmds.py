@@ -95,7 +95,10 @@ def model_score(args: argparse.Namespace) -> int:
     scored = feats.assign(churn_score=scores)
     out = pd.DataFrame({"customer_id": feats.index, "churn_probability": scores.round(4).to_numpy()})
     n = len(out) if args.reasons == "all" else min(int(args.reasons), len(out))
-    top = scores.sort_values(ascending=False, kind="stable").index[:n]
+    shown = out["churn_probability"].set_axis(feats.index)
+    # everyone tied with the n-th highest score as written gets reasons too, so "the top n" of the
+    # file always has them
+    top = shown.index[shown >= shown.nlargest(n).min()] if n else shown.index[:0]
     reasons = model.reasons(feats.loc[top]).reindex(feats.index).fillna("")
     for col in reasons.columns:
         out[col] = reasons[col].to_numpy()
@@ -103,7 +106,7 @@ def model_score(args: argparse.Namespace) -> int:
     took = time.perf_counter() - started
     print(f"scored {len(out):,} customers as of {as_of} with {model.version} in {took:.1f} s -> {args.out}")
     print(f"  mean churn probability {scores.mean():.1%}; {int((scores >= 0.5).sum()):,} at 50% or more; "
-          f"reasons for the {n:,} highest")
+          f"reasons for the {len(top):,} highest")
     report, warnings = check_drift(scored, model, policy=args.drift_policy, playbook="model score")
     for line in warnings:
         print(f"  warning: {line}")

@@ -33,9 +33,12 @@ DERIVED_FEATURES = ("bgnbd_p_alive", "bgnbd_p_no_order", "bgnbd_expected_orders"
 KNOWN_FEATURES = MODEL_FEATURES + DERIVED_FEATURES
 PARAMS = {
     "objective": "binary",
-    "learning_rate": 0.05,
-    "num_leaves": 31,
-    "min_data_in_leaf": 100,
+    # Small, well-populated trees: they start from BG/NBD's answer and only need corrections; bigger
+    # ones chase noise in spend (backtest, orders only: AUC vs BG/NBD -0.0015/+0.0010 with 31 leaves,
+    # +0.0023/+0.0037 with 7, and no loss with engagement data).
+    "learning_rate": 0.03,
+    "num_leaves": 7,
+    "min_data_in_leaf": 300,
     "feature_fraction": 0.8,
     "bagging_fraction": 0.8,
     "bagging_freq": 1,
@@ -45,7 +48,7 @@ PARAMS = {
     "seed": 7,
     "deterministic": True,
 }
-MAX_ROUNDS, EARLY_STOP = 600, 40
+MAX_ROUNDS, EARLY_STOP = 1500, 60
 
 
 def usable_features(features: pd.DataFrame) -> tuple[str, ...]:

@@ -99,7 +99,8 @@ def explain(features: pd.DataFrame, contributions: pd.DataFrame, top: int = 3,
     derived = derived if derived is not None else pd.DataFrame(index=features.index)
     phrases = _phrases(features, derived)
     text = np.column_stack([phrases[fam].fillna("").to_numpy(dtype=object) for fam in fams])
-    values = by_family.to_numpy()
+    # a family with nothing to say for this customer (no phrase) cannot be a reason: rank the others
+    values = np.where(text != "", by_family.to_numpy(), -np.inf)
     order = np.argsort(-values, axis=1, kind="stable")[:, :top]
     picked = np.take_along_axis(text, order, axis=1)
     positive = np.take_along_axis(values, order, axis=1) > 0
