@@ -24,7 +24,16 @@ SHIPPED_PLAYBOOKS = REPO_ROOT / "playbooks"
 CONFIG_NAME = "lifecycle.yaml"
 
 ChannelType = Literal["outbox", "email", "webhook", "wecom"]
-IMPLEMENTED_CHANNEL_TYPES = {"outbox"}
+IMPLEMENTED_CHANNEL_TYPES = {"outbox", "webhook", "email"}
+# Keys a channel type needs; the rest of ChannelConfig is optional or belongs to another type.
+REQUIRED_KEYS = {"outbox": (), "webhook": ("url",), "email": ("host", "from_address")}
+TYPE_KEYS = {
+    "outbox": ("path", "table"),
+    "webhook": ("url", "headers", "timeout_seconds", "max_attempts", "backoff_seconds", "backoff_max_seconds",
+                "rate_per_second", "concurrency"),
+    "email": ("host", "port", "username", "password", "from_address", "starttls", "tls_ca_file", "timeout_seconds",
+              "max_attempts", "backoff_seconds", "backoff_max_seconds", "rate_per_second"),
+}
 
 # The consent vocabulary: the channels a customer can grant or withdraw consent for (the warehouse's
 # `consents.channel`). A delivery channel governed by anything else can never reach anyone.
@@ -58,6 +67,24 @@ class ChannelConfig(BaseModel):
     # `outbox` table when `table: true`.
     path: str | None = None
     table: bool = False
+    # webhook: POST JSON to `url` with an Idempotency-Key header; `headers` e.g. {Authorization: "Bearer ${TOKEN}"}.
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    # email: SMTP with STARTTLS and login; the password as ${ENV_VAR}.
+    host: str | None = None
+    port: int = 587
+    username: str | None = None
+    password: str | None = None
+    from_address: str | None = None
+    starttls: bool = True
+    tls_ca_file: str | None = None  # a private CA for the relay's certificate (default: the system's)
+    # Provider behaviour (webhook, email): timeouts, retries with exponential backoff + jitter, throttling.
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_seconds: float = Field(default=0.5, ge=0)
+    backoff_max_seconds: float = Field(default=30.0, ge=0)
+    rate_per_second: float | None = Field(default=None, gt=0)
+    concurrency: int = Field(default=8, ge=1)
 
 
 class ProjectConfig(BaseModel):
@@ -132,10 +159,22 @@ def load_config(explicit: str | None = None) -> ProjectConfig:
     except ValidationError as exc:
         problems = validation_problems(doc, exc, _allowed_keys, dict.fromkeys(("unknown", "missing", "value", "name"), "L204"))
         raise ConfigError(f"{len(problems)} problem(s) in {path}", code="L204", problems=problems) from None
+    problems = []
     for name, channel in config.channels.items():
         if channel.type not in IMPLEMENTED_CHANNEL_TYPES:
             raise _located(doc, ("channels", name, "type"), f"channel type '{channel.type}' is not available in this version",
-                           "use `type: outbox` for now", "L205")
+                           f"use one of: {', '.join(sorted(IMPLEMENTED_CHANNEL_TYPES))}", "L205")
+        given = data["channels"][name] if isinstance(data.get("channels", {}).get(name), dict) else {}
+        for key in REQUIRED_KEYS[channel.type]:
+            if getattr(channel, key) is None:
+                problems.append(format_located(doc, ("channels", name), f"a {channel.type} channel needs `{key}`",
+                                               f"add `{key}: ...` under channels.{name}", code="L204"))
+        others = {k for t, keys in TYPE_KEYS.items() if t != channel.type for k in keys} - set(TYPE_KEYS[channel.type])
+        for key in sorted(others & set(given)):
+            problems.append(format_located(doc, ("channels", name, key), f"`{key}` does not apply to a {channel.type} channel",
+                                           f"{channel.type} channels take: {', '.join(TYPE_KEYS[channel.type])}", code="L204"))
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) in {path}", code="L204", problems=problems)
     return config
 
 

@@ -1,13 +1,15 @@
 """Allocate: give each selected customer the first tier of their segment they are eligible for.
 
-First the playbook-wide guardrails: the holdout (`holdout`), the frequency cap across playbooks
+First the playbook-wide guardrails: the holdout (`holdout`), the suppression list for every channel
+(`suppressed`: complaints, hard bounces, manual blocks), the frequency cap across playbooks
 (`frequency_cap`) and quiet hours in the customer's timezone (`quiet_hours`: dropped, or kept and
 deferred). Then, tier by tier in order, a customer is eligible when they consented to the tier's
-channel and purpose (read just before dispatch, so a withdrawal a moment ago counts), the tier's
+channel and purpose (read just before dispatch, so a withdrawal a moment ago counts) and is not
+suppressed on that channel, the tier's
 daily capacity is not used up and the playbook's budget still covers the offer; otherwise they fall
 through to the next tier. Capacity and budget go to the highest churn score first. A customer
-eligible for no tier is dropped with the reason that stopped them last (`no_consent`, `capacity`,
-`budget`), recorded in the ledger like every other decision.
+eligible for no tier is dropped with the reason that stopped them last (`no_consent`, `suppressed`,
+`capacity`, `budget`), recorded in the ledger like every other decision.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from sqlalchemy.engine import Engine
 
 from flows.plan import Plan
 from tasks import guardrails
-from infra.warehouse.schema import consents
+from infra.warehouse.schema import consents, suppressions
 from tasks.extract import day_end
 
 CHUNK = 20_000  # customer ids per IN (...) list; keeps statements well under every driver's limits
@@ -53,8 +55,20 @@ def active_consents(engine: Engine, customer_ids: list[str], pairs: set[tuple[st
     return found
 
 
+def suppressed_for(engine: Engine, customer_ids: list[str]) -> set[tuple[str, str | None]]:
+    """(customer_id, consent channel) pairs on the suppression list; channel None means every channel."""
+    t = suppressions.c
+    found: set[tuple[str, str | None]] = set()
+    with engine.connect() as conn:
+        for start in range(0, len(customer_ids), CHUNK):
+            stmt = select(t.customer_id, t.channel).where(t.customer_id.in_(customer_ids[start : start + CHUNK]))
+            found.update((r[0], r[1]) for r in conn.execute(stmt))
+    return found
+
+
 def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str, str]], *,
-                 recent: pd.Series | None = None, send_at: dt.datetime | None = None) -> pd.DataFrame:
+                 recent: pd.Series | None = None, send_at: dt.datetime | None = None,
+                 suppressed: set[tuple[str, str | None]] | None = None) -> pd.DataFrame:
     """Columns tier (0-based, -1 when none), channel, variant, cost, deferred and reason, per customer."""
     out = selected.copy()
     n = len(out)
@@ -65,7 +79,9 @@ def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str
     cost = np.zeros(n)
     reason = np.full(n, "no_consent", dtype=object)  # why a customer got no tier, if none
     active = np.ones(n, dtype=bool)
-    for why, mask in (("holdout", guardrails.held_out(ids, plan)),
+    suppressed = suppressed or set()
+    blocked_all = np.fromiter(((cid, None) in suppressed for cid in ids), dtype=bool, count=n)
+    for why, mask in (("holdout", guardrails.held_out(ids, plan)), ("suppressed", blocked_all),
                       ("frequency_cap", guardrails.over_cap(recent, out.index, plan))):
         reason[active & mask] = why
         active &= ~mask
@@ -89,6 +105,10 @@ def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str
                 break
             ok = np.fromiter(((cid, t.consent_channel, t.purpose) in granted for cid in ids[open_]),
                              dtype=bool, count=len(open_))
+            blocked = np.fromiter(((cid, t.consent_channel) in suppressed for cid in ids[open_]),
+                                  dtype=bool, count=len(open_))
+            reason[open_[ok & blocked]] = "suppressed"
+            ok &= ~blocked
             cand = open_[ok]
             cand = cand[np.argsort(rank[cand], kind="stable")]
             if t.capacity is not None and len(cand) > t.capacity:
@@ -118,7 +138,9 @@ def allocate_frame(selected: pd.DataFrame, plan: Plan, as_of: dt.date, engine: E
     pairs = {(t.consent_channel, t.purpose) for s in plan.segments for t in s.tiers}
     granted = active_consents(engine, ids, pairs, consent_effective_at(as_of)) if ids else set()
     recent = guardrails.recent_sends(engine, ids, plan, as_of)
-    return choose_tiers(selected, plan, granted, recent=recent, send_at=guardrails.send_instant(plan, as_of))
+    blocked = suppressed_for(engine, ids) if ids else set()
+    return choose_tiers(selected, plan, granted, recent=recent, send_at=guardrails.send_instant(plan, as_of),
+                        suppressed=blocked)
 
 
 @task(name="allocate", cache_policy=NO_CACHE)

@@ -1,12 +1,16 @@
 """Dispatch: write every decision to the touch ledger, then deliver the planned touches, batch by batch.
 
-Order of writes, so a crash never loses or doubles a touch: ledger rows `planned` (one transaction)
--> channel delivery -> ledger rows `sent`. A rerun for the same as-of date finds the keys already in
-the ledger: sent ones are skipped, planned ones (in flight at the crash) are delivered again with the
-same key. A dry run writes nothing and returns previews.
+Order of writes, so a crash never loses or doubles a touch: ledger rows `planned` (insert-if-absent,
+one transaction) -> per batch, claim the planned keys (tasks/claims.py: a conditional UPDATE, so two
+concurrent runs never both own a key) -> channel delivery -> ledger rows `sent` or `failed`. A rerun
+for the same as-of date finds the keys already in the ledger: sent ones are skipped, planned ones (in
+flight at the crash) are delivered again with the same key once their claim's lease ran out. A
+provider that is down stops the run with DispatchError L602; its keys stay `planned` for the rerun.
+A dry run writes nothing and returns previews.
 
 Every decision is a ledger row: `planned` -> `sent`; `dropped` with its reason (`no_consent`,
-`frequency_cap`, `quiet_hours`, `capacity`, `budget`); `held_out` (reason `holdout`, the control
+`suppressed`, `frequency_cap`, `quiet_hours`, `capacity`, `budget`); `failed` with the provider's
+message (a dead letter: refused, never retried); `held_out` (reason `holdout`, the control
 group); `deferred` (reason `quiet_hours`, to be sent when the quiet hours end).
 """
 
@@ -14,24 +18,28 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from flows.plan import Plan
+from infra.errors import DispatchError
 from infra.settings import ProjectConfig
-from infra.warehouse.bulk import bulk_insert
 from infra.warehouse.schema import touches
+from tasks import claims
 from tasks.channels import open_channel
+from tasks.claims import crash_point
 from tasks.render import coupon_code, render_batch, unsubscribe_url
 
 BATCH = 5_000
 STEP = "main"
+log = logging.getLogger("lifecycle.dispatch")
 
 
 @dataclass
@@ -43,6 +51,9 @@ class DispatchResult:
     deferred: int = 0  # kept for after the quiet hours
     previews: list[dict] = field(default_factory=list)  # dry run: a few rendered messages
     segment_channel: dict[str, dict[str, int]] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)  # dead-lettered: provider reason -> touches
+    retried: int = 0  # provider calls repeated after a timeout, 5xx or 429
+    claimed_elsewhere: int = 0  # planned keys a concurrent run was delivering
 
 
 def touch_keys(plan: Plan, customer_ids: pd.Index, as_of: dt.date, step: str = STEP) -> np.ndarray:
@@ -82,10 +93,14 @@ def render_messages(frame: pd.DataFrame, plan: Plan) -> pd.DataFrame:
                            else [None] * len(rows))
                 parts.append(pd.DataFrame({
                     "touch_key": group["touch_key"].to_numpy(), "customer_id": group.index.to_numpy(),
-                    "playbook": plan.name, "segment": seg.name, "tier": i, "variant": arm_name,
-                    "template": arm.template, "subject": subject, "body": body,
+                    "playbook": plan.name, "step": STEP, "segment": seg.name, "tier": i, "variant": arm_name,
+                    "channel": tier.channel, "template": arm.template, "subject": subject, "body": body,
+                    "html": arm.html, "offer": [r.get("offer") for r in rows],
+                    "unsubscribe_url": [r["unsubscribe_url"] for r in rows],
+                    "advisor_id": [r.get("advisor_id") for r in rows],
                 }))
-    cols = ["touch_key", "customer_id", "playbook", "segment", "tier", "variant", "template", "subject", "body"]
+    cols = ["touch_key", "customer_id", "playbook", "step", "segment", "tier", "variant", "channel", "template",
+            "subject", "body", "html", "offer", "unsubscribe_url", "advisor_id"]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
 
 
@@ -125,7 +140,7 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
         return result
 
     status = _ledger_status(engine, plan, as_of)
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    now = _utcnow()
     new = frame[~frame["touch_key"].isin(status)]
     ledger = pd.DataFrame({
         "touch_key": new["touch_key"].to_numpy(), "run_id": run_id, "playbook": plan.name,
@@ -139,21 +154,44 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
         "reason": _nullable(new["reason"]), "created_at": now, "updated_at": now,
     })
     ledger["tier"] = ledger["tier"].astype("Int64").where(ledger["tier"] >= 0)
-    with engine.begin() as conn:
-        bulk_insert(conn, touches, ledger)
+    claims.insert_absent(engine, ledger)  # a concurrent run may have written some of these keys first
+    crash_point("ledger")
 
     already = pd.Series([status.get(k, "planned") for k in planned["touch_key"]], index=planned.index, dtype=object)
     result.already_sent = int((already == "sent").sum())
     todo = planned[already.to_numpy() == "planned"]
+    token = claims.new_token()
     for channel_name, group in todo.groupby("channel"):
         channel = open_channel(str(channel_name), config.channel(str(channel_name)), engine)
         result.outboxes[str(channel_name)] = channel.location
+        sent = 0
         for start in range(0, len(group), BATCH):
             batch = group.iloc[start : start + BATCH]
-            messages = render_messages(batch, plan)
-            channel.send_batch(messages)
-            _mark(engine, list(messages["touch_key"]), "sent")
-        result.sent[str(channel_name)] = int(len(group))
+            mine = claims.claim(engine, list(batch["touch_key"]), token)
+            result.claimed_elsewhere += len(batch) - len(mine)
+            crash_point("claimed")
+            if not mine:
+                continue
+            messages = render_messages(batch[batch["touch_key"].isin(mine)], plan)
+            delivery = channel.send_batch(messages)
+            crash_point("delivered")
+            claims.finish(engine, token, delivery)
+            crash_point("marked")
+            sent += len(delivery.sent)
+            result.retried += delivery.retried
+            for why, n in delivery.failed_reasons().items():
+                result.failed[why] = result.failed.get(why, 0) + n
+            if delivery.undelivered:
+                result.sent[str(channel_name)] = sent
+                log_summary(plan, result)
+                raise DispatchError(
+                    f"channel {channel_name} is failing: {delivery.error}; {plan.name} on {as_of}: "
+                    f"{sent:,} sent, {sum(result.failed.values()):,} failed, "
+                    f"{len(delivery.undelivered) + len(group) - start - len(batch):,} not delivered (left planned)",
+                    hint=f"check the provider, then rerun the same playbook and as-of date: "
+                         f"the ledger delivers only what is still planned", code="L602")
+        result.sent[str(channel_name)] = sent
+    log_summary(plan, result)
     return result
 
 
@@ -171,12 +209,15 @@ def _ledger_status(engine: Engine, plan: Plan, as_of: dt.date) -> dict[str, str]
         return {k: s for k, s in rows}
 
 
-def _mark(engine: Engine, keys: list[str], status: str) -> None:
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    with engine.begin() as conn:
-        for start in range(0, len(keys), 20_000):
-            conn.execute(update(touches).where(touches.c.touch_key.in_(keys[start : start + 20_000]))
-                         .values(status=status, updated_at=now))
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def log_summary(plan: Plan, result: DispatchResult) -> None:
+    """Counts only: no customer ids, addresses or message bodies ever reach the log."""
+    log.info("dispatch %s: sent %s, already sent %d, claimed by another run %d, dropped %s, failed %s, retried %d",
+             plan.name, result.sent, result.already_sent, result.claimed_elsewhere, result.dropped,
+             result.failed, result.retried)
 
 
 @task(name="dispatch", cache_policy=NO_CACHE)

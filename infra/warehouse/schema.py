@@ -100,13 +100,29 @@ touches = Table(
     Column("variant", String(64)),
     Column("score", Float),
     Column("model_version", String(64)),
-    # planned -> sent | failed ; or dropped / held_out with a reason
+    # planned -> sent | failed (dead letter, reason = the provider's message) ; or dropped / held_out with a reason
     Column("status", String(16), nullable=False),
     Column("reason", String(128)),
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
+    # The run delivering a `planned` touch now; another run may take it over only after the lease ends.
+    Column("claimed_by", String(64)),
+    Column("claimed_at", DateTime),
     Index("ix_touches_customer", "customer_id", "created_at"),
     Index("ix_touches_playbook", "playbook", "as_of"),
+)
+
+# Customers nobody may message: complaints, hard bounces, manual blocks. `channel` is a consent
+# channel (sms / email / push / wecom); NULL suppresses every channel.
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("suppression_id", BigId, primary_key=True, autoincrement=True),
+    Column("customer_id", String(64), nullable=False),
+    Column("channel", String(32)),
+    Column("reason", String(16), nullable=False),  # complaint / hard_bounce / manual
+    Column("created_at", DateTime, nullable=False),
+    Index("ix_suppressions_customer", "customer_id"),
 )
 
 # The `outbox` channel's table form: what would have been sent, readable with any SQL client.

@@ -138,9 +138,14 @@ def test_dispatch_writes_every_decision_and_delivers_each_touch_once(plan, engin
 
 def test_a_touch_in_flight_at_a_crash_is_delivered_on_rerun_with_the_same_key(plan, engine):
     run(plan, engine)
-    with engine.begin() as conn:  # as if the process died after writing `planned`, before delivery
+    with engine.begin() as conn:  # as if the process died after claiming and delivering, before marking
         conn.execute(update(touches).where(touches.c.customer_id == "r1").values(status="planned"))
     key = next(m["touch_key"] for m in outbox_lines("push") if m["customer_id"] == "r1")
+    held = run(plan, engine)  # the dead run's claim still holds: nobody delivers it yet
+    assert held.sent == {"push": 0} and held.claimed_elsewhere == 1
+    with engine.begin() as conn:  # the lease runs out
+        conn.execute(update(touches).where(touches.c.customer_id == "r1")
+                     .values(claimed_at=dt.datetime(2000, 1, 1)))
     result = run(plan, engine)
     assert result.sent == {"push": 1}
     resent = [m for m in outbox_lines("push") if m["customer_id"] == "r1"]
@@ -153,3 +158,24 @@ def test_dry_run_writes_nothing_and_previews_messages(plan, engine):
     assert result.sent == {"advisor": 1, "push": 2}
     assert {p["body"] for p in result.previews} == {"Advisor hello v1", "Push friend"}
     assert ledger(engine) == {} and outbox_lines("push") == []
+
+
+def test_suppressed_customers_are_dropped_with_their_reason(plan, engine):
+    from infra.warehouse.schema import suppressions
+    from tasks.allocate import allocate_frame
+
+    now = dt.datetime(2026, 1, 1)
+    with engine.begin() as conn:
+        conn.execute(consents.insert(), [{"customer_id": c, "channel": ch, "purpose": "marketing", "granted_at": now}
+                                         for c in ("v1", "v2", "r1") for ch in ("wecom", "sms", "push")])
+        conn.execute(suppressions.insert(), [
+            {"customer_id": "v1", "channel": "wecom", "reason": "complaint", "created_at": now},  # advisor only
+            {"customer_id": "r1", "channel": None, "reason": "hard_bounce", "created_at": now},  # every channel
+        ])
+    out = allocate_frame(frame({"v1": ("vip", 2000), "v2": ("vip", 2000), "r1": ("rest", 0)}), plan, AS_OF, engine)
+    assert out.loc["v1", "channel"] == "sms"  # falls through past the suppressed channel
+    assert out.loc["v2", "channel"] == "advisor"
+    assert out.loc["r1", "tier"] == -1 and out.loc["r1", "reason"] == "suppressed"
+    result = dispatch_frame(out, plan, AS_OF, engine=engine, config=load_config(), run_id="r", model_version=None,
+                            dry_run=False)
+    assert result.dropped == {"suppressed": 1} and ledger(engine)["r1"] == ("dropped", None, "suppressed")

@@ -1,4 +1,4 @@
-"""Delivery channels. The embedded default is `outbox`: what would be sent, written where a user can read it.
+"""The `outbox` channel, the embedded default: what would be sent, written where a user can read it.
 
 Every record carries its touch key, so a consumer can drop the rare repeat of a batch that was in
 flight when a run crashed.
@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from infra.settings import ChannelConfig, outbox_dir
 from infra.warehouse.bulk import bulk_insert
 from infra.warehouse.schema import outbox
+from tasks.channels.base import Delivery
 
 
 class OutboxChannel:
@@ -38,13 +39,14 @@ class OutboxChannel:
             return Path(os.path.expanduser(self.config.path))
         return outbox_dir() / f"{self.name}.jsonl"
 
-    def send_batch(self, messages: pd.DataFrame) -> None:
+    def send_batch(self, messages: pd.DataFrame) -> Delivery:
         """Deliver a batch (columns touch_key, customer_id, subject, body, ...) durably before returning."""
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         if self.config.table:
             self._to_table(messages, now)
         else:
             self._to_file(messages, now)
+        return Delivery(sent=list(messages["touch_key"]))
 
     def _to_file(self, messages: pd.DataFrame, now: dt.datetime) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,8 +68,3 @@ class OutboxChannel:
             done = set(conn.execute(select(outbox.c.touch_key).where(outbox.c.touch_key.in_(keys))).scalars())
             bulk_insert(conn, outbox, rows[~rows["touch_key"].isin(done)])
 
-
-def open_channel(name: str, config: ChannelConfig, engine: Engine) -> OutboxChannel:
-    if config.type == "outbox":
-        return OutboxChannel(name, config, engine)
-    raise NotImplementedError(f"channel type {config.type}")  # rejected earlier by load_config

@@ -1,0 +1,115 @@
+"""The touch ledger's claim protocol: exactly-once delivery across crashes and concurrent runs.
+
+1. `insert_absent` writes the run's decisions as ledger rows; a key already there (an earlier or a
+   concurrent run) is left alone: INSERT ... ON CONFLICT DO NOTHING / INSERT OR IGNORE on the primary key.
+2. `claim` takes a batch of `planned` keys for this run with one conditional UPDATE: only rows nobody
+   holds, or whose holder's lease ran out (a crashed run), change hands. The database serialises the
+   two UPDATEs of a row, so two concurrent runs can never both own, and both deliver, the same key.
+3. `finish` marks what the channel delivered `sent`, what it refused `failed` (with the provider's
+   message) and releases what it could not deliver, so the rerun takes it at once.
+
+A key is sent again only when its run died between the claim and `finish`: the requests in flight.
+LIFECYCLE_CLAIM_LEASE_SECONDS (default 600) is how long a claim holds; keep it above one batch's delivery.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from infra.warehouse.schema import touches
+
+if TYPE_CHECKING:
+    from tasks.channels import Delivery
+
+CHUNK = 2_000
+DEFAULT_LEASE_SECONDS = 600
+CRASH_ENV = "LIFECYCLE_TEST_CRASH_AT"  # tests only: "point:n" kills this process the n-th time `point` is reached
+_crash_seen: dict[str, int] = {}
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def lease() -> dt.timedelta:
+    return dt.timedelta(seconds=float(os.environ.get("LIFECYCLE_CLAIM_LEASE_SECONDS", DEFAULT_LEASE_SECONDS)))
+
+
+def new_token() -> str:
+    """This run's claim id: unique per process, so a rerun never mistakes a dead run's claims for its own."""
+    return uuid.uuid4().hex
+
+
+def insert_absent(engine: Engine, ledger: pd.DataFrame) -> None:
+    """Insert ledger rows whose touch_key is not there yet; existing rows win."""
+    if ledger.empty:
+        return
+    clean = ledger.astype(object).where(ledger.notna(), None)
+    rows = clean.to_dict("records")
+    dialect = engine.dialect.name
+    if dialect == "postgresql":
+        stmt = postgresql.insert(touches).on_conflict_do_nothing(index_elements=["touch_key"])
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(touches).on_conflict_do_nothing(index_elements=["touch_key"])
+    else:  # pragma: no cover - other backends fall back to the generic form (still guarded by the PK)
+        stmt = touches.insert().prefix_with("IGNORE")
+    with engine.begin() as conn:
+        for start in range(0, len(rows), CHUNK):
+            conn.execute(stmt, rows[start : start + CHUNK])
+
+
+def claim(engine: Engine, keys: Sequence[str], token: str) -> set[str]:
+    """Take the `planned` keys nobody holds (or whose lease expired) for `token`; returns those taken."""
+    now = _now()
+    t = touches.c
+    mine: set[str] = set()
+    with engine.begin() as conn:
+        for start in range(0, len(keys), CHUNK):
+            chunk = list(keys[start : start + CHUNK])
+            conn.execute(update(touches).where(
+                t.touch_key.in_(chunk), t.status == "planned",
+                or_(t.claimed_by.is_(None), t.claimed_by == token, t.claimed_at < now - lease()),
+            ).values(claimed_by=token, claimed_at=now))
+            mine.update(conn.execute(select(t.touch_key).where(
+                t.touch_key.in_(chunk), t.claimed_by == token, t.status == "planned")).scalars())
+    return mine
+
+
+def finish(engine: Engine, token: str, delivery: Delivery) -> None:
+    """Record a batch's outcome: sent, failed with the provider's reason, or released for the rerun."""
+    now = _now()
+    t = touches.c
+    mine = and_(t.claimed_by == token, t.status == "planned")
+    with engine.begin() as conn:
+        for start in range(0, len(delivery.sent), CHUNK):
+            conn.execute(update(touches).where(t.touch_key.in_(delivery.sent[start : start + CHUNK]), mine)
+                         .values(status="sent", updated_at=now))
+        for key, why in delivery.failed.items():
+            conn.execute(update(touches).where(t.touch_key == key, mine)
+                         .values(status="failed", reason=why[:128], updated_at=now))
+        for start in range(0, len(delivery.undelivered), CHUNK):
+            conn.execute(update(touches).where(t.touch_key.in_(delivery.undelivered[start : start + CHUNK]), mine)
+                         .values(claimed_by=None, claimed_at=None, updated_at=now))
+
+
+def crash_point(name: str) -> None:
+    """Test hook for crash injection: SIGKILL this process at the configured point (no cleanup runs)."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    point, _, nth = spec.partition(":")
+    if point != name:
+        return
+    _crash_seen[name] = _crash_seen.get(name, 0) + 1
+    if _crash_seen[name] >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
