@@ -24,15 +24,18 @@ SHIPPED_PLAYBOOKS = REPO_ROOT / "playbooks"
 CONFIG_NAME = "lifecycle.yaml"
 
 ChannelType = Literal["outbox", "email", "webhook", "wecom"]
-IMPLEMENTED_CHANNEL_TYPES = {"outbox", "webhook", "email"}
+IMPLEMENTED_CHANNEL_TYPES = {"outbox", "webhook", "email", "wecom"}
 # Keys a channel type needs; the rest of ChannelConfig is optional or belongs to another type.
-REQUIRED_KEYS = {"outbox": (), "webhook": ("url",), "email": ("host", "from_address")}
+REQUIRED_KEYS = {"outbox": (), "webhook": ("url",), "email": ("host", "from_address"),
+                 "wecom": ("corp_id", "secret")}
 TYPE_KEYS = {
     "outbox": ("path", "table"),
     "webhook": ("url", "headers", "timeout_seconds", "max_attempts", "backoff_seconds", "backoff_max_seconds",
                 "rate_per_second", "concurrency"),
     "email": ("host", "port", "username", "password", "from_address", "starttls", "tls_ca_file", "timeout_seconds",
               "max_attempts", "backoff_seconds", "backoff_max_seconds", "rate_per_second"),
+    "wecom": ("base_url", "corp_id", "secret", "timeout_seconds", "max_attempts", "backoff_seconds",
+              "backoff_max_seconds", "rate_per_second", "concurrency"),
 }
 
 # The consent vocabulary: the channels a customer can grant or withdraw consent for (the warehouse's
@@ -78,7 +81,11 @@ class ChannelConfig(BaseModel):
     from_address: str | None = None
     starttls: bool = True
     tls_ca_file: str | None = None  # a private CA for the relay's certificate (default: the system's)
-    # Provider behaviour (webhook, email): timeouts, retries with exponential backoff + jitter, throttling.
+    # wecom: enterprise WeChat, sent to external contacts by their assigned advisor; the secret as ${ENV_VAR}.
+    base_url: str = "https://qyapi.weixin.qq.com"
+    corp_id: str | None = None
+    secret: str | None = None
+    # Provider behaviour (webhook, email, wecom): timeouts, retries with exponential backoff + jitter, throttling.
     timeout_seconds: float = Field(default=10.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
     backoff_seconds: float = Field(default=0.5, ge=0)

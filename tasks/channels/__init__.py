@@ -1,4 +1,4 @@
-"""Delivery channels, chosen by `type` in the project config: outbox (default), webhook, email.
+"""Delivery channels, chosen by `type` in the project config: outbox (default), webhook, email, wecom.
 
 Every channel takes a batch of rendered messages (one row per touch, with its touch key) and returns
 a Delivery: sent, failed (refused for good, with the provider's reason) and undelivered (the provider
@@ -36,6 +36,10 @@ def open_channel(name: str, config: ChannelConfig, engine: Engine) -> Channel:
         from tasks.channels.email import EmailChannel
 
         return EmailChannel(name, config, engine)
+    if config.type == "wecom":
+        from tasks.channels.wecom import WecomChannel
+
+        return WecomChannel(name, config)
     if config.type == "outbox":
         return OutboxChannel(name, config, engine)
     raise NotImplementedError(f"channel type {config.type}")  # rejected earlier by load_config

@@ -1,16 +1,23 @@
-"""What every channel returns, and the shared machinery: retries with backoff and jitter, rate limits."""
+"""What every channel returns, and the shared machinery: retries with backoff and jitter, rate limits,
+and the concurrent HTTP batch loop the HTTP channels (webhook, wecom) share."""
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
+import pandas as pd
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+
+if TYPE_CHECKING:
+    from infra.settings import ChannelConfig
 
 T = TypeVar("T")
 MAX_RETRY_AFTER = 120.0  # seconds; a longer Retry-After means the provider is down for this run
@@ -106,3 +113,83 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def records(messages: pd.DataFrame) -> list[dict[str, Any]]:
+    """The batch as plain dicts, with None (not NaN / pd.NA) for missing values."""
+    return messages.astype(object).where(messages.notna(), None).to_dict("records")
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
+
+async def http_request(client: httpx.AsyncClient, limiter: RateLimiter, method: str, url: str,
+                       **kwargs: Any) -> httpx.Response:
+    """One rate-limited request; timeouts, connection errors, 5xx and 429 raise Retryable, other 4xx Refused."""
+    await limiter.acquire()
+    try:
+        response = await client.request(method, url, **kwargs)
+    except httpx.TimeoutException:
+        raise Retryable("timeout") from None
+    except httpx.TransportError as exc:
+        raise Retryable(f"connection failed ({exc.__class__.__name__})") from None
+    code = response.status_code
+    if code == 429 or code >= 500:
+        raise Retryable(f"HTTP {code}", retry_after(response.headers.get("Retry-After")))
+    if code >= 400:
+        raise Refused(f"http_{code}: {response.text.strip()[:100]}")
+    return response
+
+
+SendOne = Callable[[httpx.AsyncClient, RateLimiter, dict[str, Any]], Awaitable[None]]
+
+
+async def send_concurrently(rows: list[dict[str, Any]], config: ChannelConfig, policy: RetryPolicy, send_one: SendOne,
+                            *, headers: dict[str, str] | None = None,
+                            refuse: Callable[[dict[str, Any]], str | None] | None = None) -> Delivery:
+    """Send every row with `send_one` (retried by `policy`), at most `concurrency` at once, one client per batch.
+
+    `refuse(row)` may dead-letter a row before any request (e.g. `no_advisor`). When a row exhausts its
+    retries the provider counts as down: the rows not yet started come back undelivered, for the rerun.
+    """
+    out = Delivery()
+    limiter = RateLimiter(config.rate_per_second)
+    gate = asyncio.Semaphore(config.concurrency)
+    limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
+
+    def count_retry() -> None:
+        out.retried += 1
+
+    async with httpx.AsyncClient(timeout=config.timeout_seconds, limits=limits, headers=headers) as client:
+        async def one(row: dict[str, Any]) -> None:
+            key = row["touch_key"]
+            why = refuse(row) if refuse else None
+            if why is not None:
+                out.failed[key] = why
+                return
+            async with gate:
+                if out.error is not None:  # the provider is down: do not hammer it
+                    out.undelivered.append(key)
+                    return
+                try:
+                    await policy.call(send_one, client, limiter, row, on_retry=count_retry)
+                    out.sent.append(key)
+                except Refused as exc:
+                    out.failed[key] = str(exc)
+                except Retryable as exc:
+                    out.error = out.error or f"{exc} after {config.max_attempts} attempts"
+                    out.undelivered.append(key)
+
+        await asyncio.gather(*(one(r) for r in rows))
+    return out

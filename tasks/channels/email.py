@@ -23,7 +23,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from infra.settings import ChannelConfig
 from infra.warehouse.schema import customers
-from tasks.channels.base import Delivery, Refused, Retryable, RetryPolicy
+from tasks.channels.base import Delivery, Refused, Retryable, RetryPolicy, records
 
 _TAG = re.compile(r"<[^>]+>")
 
@@ -102,7 +102,7 @@ class EmailChannel:
 
     def send_batch(self, messages: pd.DataFrame) -> Delivery:
         out = Delivery()
-        rows = messages.astype(object).where(messages.notna(), None).to_dict("records")
+        rows = records(messages)
         addresses = self._addresses([str(r["customer_id"]) for r in rows])
 
         def count_retry(_state: Any) -> None:

@@ -1,7 +1,8 @@
 """A dispatching process for crash-injection and concurrency tests: `python -m tests.tasks.dispatch_child`.
 
 Arguments: warehouse URL, playbook file, customers, batch size, and optionally a file to wait for
-before dispatching (so two processes start together). Every customer consents to push.
+before dispatching (so two processes start together; "ready" on stdout says it is waiting, "done" that it dispatched). Every
+customer consents to push.
 """
 
 from __future__ import annotations
@@ -35,10 +36,14 @@ def main(url: str, playbook: str, n: int, batch: int, go: str | None = None) -> 
     allocated = choose_tiers(frame, plan, {(c, "push", "marketing") for c in frame.index})
     engine = open_warehouse(url)
     dispatch.BATCH = batch
+    if go:
+        print("ready", flush=True)
     while go and not Path(go).exists():
         time.sleep(0.01)
     dispatch.dispatch_frame(allocated, plan, AS_OF, engine=engine, config=config, run_id="child",
                             model_version=None, dry_run=False)
+    if go:
+        print("done", flush=True)
 
 
 if __name__ == "__main__":
