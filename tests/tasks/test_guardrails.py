@@ -147,3 +147,43 @@ def test_every_decision_reaches_the_ledger_with_its_status_and_reason(tmp_path, 
     assert ("dropped", "budget") in by_status and ("dropped", "frequency_cap") in by_status
     assert sum(n for (status, _), n in by_status.items() if status == "sent") == sum(result.sent.values())
     assert all(r.variant in ("coupon", "gift") for r in rows.values() if r.status == "sent" and r.tier == 1)
+
+
+ZONES = ["Asia/Shanghai", "Europe/London", "America/Los_Angeles", "Australia/Sydney", "Asia/Kolkata", "UTC"]
+
+
+def _locally_quiet(zone: str, at: dt.datetime) -> bool:
+    """Independent oracle: is `at` between 22:00 and 08:00 on the customer's own clock?"""
+    import zoneinfo
+
+    local = at.astimezone(zoneinfo.ZoneInfo(zone))
+    return local.hour >= 22 or local.hour < 8
+
+
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory):
+    return {q: make_plan(tmp_path_factory.mktemp(q), capacity=1000, budget=10**6, holdout=0, quiet=q)
+            for q in ("drop", "defer")}
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(recent=st.lists(st.integers(0, 4), min_size=1, max_size=40),
+       zones=st.data(), hour=st.integers(0, 23), minute=st.sampled_from([0, 1, 29, 59]),
+       quiet=st.sampled_from(["drop", "defer"]))
+def test_caps_and_quiet_hours_are_never_violated(plans, recent, zones, hour, minute, quiet):
+    """Nobody at or over the cap is touched; nobody is touched inside their own quiet hours, except
+    as a deferred touch when the playbook says defer (and then it is marked deferred)."""
+    plan = plans[quiet]
+    frame = customers(len(recent))
+    frame["timezone"] = zones.draw(st.lists(st.sampled_from(ZONES), min_size=len(recent), max_size=len(recent)))
+    at = dt.datetime(2026, 3, 14, hour, minute, tzinfo=dt.UTC)
+    counts = pd.Series(recent, index=frame.index)
+    out = choose_tiers(frame, plan, everyone_consents(frame), recent=counts, send_at=at)
+    touched = out["tier"] >= 0
+    assert (counts[touched] < plan.guardrails.frequency_cap.max).all()
+    assert (out.loc[counts >= plan.guardrails.frequency_cap.max, "reason"] == "frequency_cap").all()
+    quiet_now = np.array([_locally_quiet(z, at) for z in frame["timezone"]])
+    if quiet == "drop":
+        assert not (touched & quiet_now).any()
+    else:
+        assert (out["deferred"] == (touched & quiet_now)).all()
