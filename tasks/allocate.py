@@ -68,7 +68,8 @@ def suppressed_for(engine: Engine, customer_ids: list[str]) -> set[tuple[str, st
 
 def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str, str]], *,
                  recent: pd.Series | None = None, send_at: dt.datetime | None = None,
-                 suppressed: set[tuple[str, str | None]] | None = None) -> pd.DataFrame:
+                 suppressed: set[tuple[str, str | None]] | None = None,
+                 outranked_by: set[str] | None = None) -> pd.DataFrame:
     """Columns tier (0-based, -1 when none), channel, variant, cost, deferred and reason, per customer."""
     out = selected.copy()
     n = len(out)
@@ -81,8 +82,9 @@ def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str
     active = np.ones(n, dtype=bool)
     suppressed = suppressed or set()
     blocked_all = np.fromiter(((cid, None) in suppressed for cid in ids), dtype=bool, count=n)
+    rival = np.fromiter((cid in (outranked_by or ()) for cid in ids), dtype=bool, count=n)
     for why, mask in (("holdout", guardrails.held_out(ids, plan)), ("suppressed", blocked_all),
-                      ("frequency_cap", guardrails.over_cap(recent, out.index, plan))):
+                      ("priority", rival), ("frequency_cap", guardrails.over_cap(recent, out.index, plan))):
         reason[active & mask] = why
         active &= ~mask
     quiet = plan.guardrails.quiet_hours
@@ -139,8 +141,13 @@ def allocate_frame(selected: pd.DataFrame, plan: Plan, as_of: dt.date, engine: E
     granted = active_consents(engine, ids, pairs, consent_effective_at(as_of)) if ids else set()
     recent = guardrails.recent_sends(engine, ids, plan, as_of)
     blocked = suppressed_for(engine, ids) if ids else set()
-    return choose_tiers(selected, plan, granted, recent=recent, send_at=guardrails.send_instant(plan, as_of),
-                        suppressed=blocked)
+    keep_off, take_over = guardrails.outranked(guardrails.same_day_rivals(engine, ids, plan, as_of), plan) \
+        if ids else (set(), {})
+    out = choose_tiers(selected, plan, granted, recent=recent, send_at=guardrails.send_instant(plan, as_of),
+                       suppressed=blocked, outranked_by=keep_off)
+    # lower-priority touches of other playbooks that dispatch cancels before sending ours
+    out["takes_over"] = pd.Series([take_over.get(c) for c in out.index], index=out.index, dtype=object)
+    return out
 
 
 @task(name="allocate", cache_policy=NO_CACHE)

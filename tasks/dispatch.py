@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from flows.plan import Plan
@@ -141,6 +141,12 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
 
     status = _ledger_status(engine, plan, as_of)
     now = _utcnow()
+    lost = _take_over(engine, frame[frame["status"].isin(["planned", "deferred"])], now)
+    if lost:  # a rival touch we outrank was delivered or claimed meanwhile: it stands, ours goes
+        hit = frame.index.isin(list(lost)) & ~frame["touch_key"].isin(status)
+        frame.loc[hit, "status"], frame.loc[hit, "reason"] = "dropped", "priority"
+        planned = frame[frame["status"] == "planned"]
+        result.dropped["priority"] = result.dropped.get("priority", 0) + int(hit.sum())
     new = frame[~frame["touch_key"].isin(status)]
     ledger = pd.DataFrame({
         "touch_key": new["touch_key"].to_numpy(), "run_id": run_id, "playbook": plan.name,
@@ -150,7 +156,7 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
         "template": new["template"].to_numpy(), "variant": _nullable(new["variant"]),
         "score": pd.to_numeric(new["churn_score"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan),
         "model_version": model_version,
-        "status": new["status"].to_numpy(),
+        "status": new["status"].to_numpy(), "priority": plan.guardrails.priority,
         "reason": _nullable(new["reason"]), "created_at": now, "updated_at": now,
     })
     ledger["tier"] = ledger["tier"].astype("Int64").where(ledger["tier"] >= 0)
@@ -199,6 +205,29 @@ def _nullable(column: pd.Series) -> np.ndarray:
     """Text with None (not pd.NA) for missing values, which every database driver accepts."""
     values = column.astype(object).to_numpy()
     return np.where(pd.isna(values), None, values)
+
+
+def _take_over(engine: Engine, frame: pd.DataFrame, now: dt.datetime) -> set[str]:
+    """Cancel the lower-priority rival touches these customers had today; customers whose rival touch
+    could not be cancelled (delivered or claimed in the meantime) are returned."""
+    if "takes_over" not in frame:
+        return set()
+    wanted = {c: keys for c, keys in frame["takes_over"].items() if isinstance(keys, list) and keys}
+    if not wanted:
+        return set()
+    keys = [k for ks in wanted.values() for k in ks]
+    t = touches.c
+    with engine.begin() as conn:
+        for start in range(0, len(keys), 20_000):
+            chunk = keys[start : start + 20_000]
+            conn.execute(update(touches).where(t.touch_key.in_(chunk), t.status.in_(["planned", "deferred"]),
+                                               t.claimed_by.is_(None))
+                         .values(status="dropped", reason="priority", updated_at=now))
+        cancelled = set()
+        for start in range(0, len(keys), 20_000):
+            cancelled |= set(conn.execute(select(t.touch_key).where(
+                t.touch_key.in_(keys[start : start + 20_000]), t.status == "dropped", t.reason == "priority")).scalars())
+    return {c for c, ks in wanted.items() if not set(ks) <= cancelled}
 
 
 def _ledger_status(engine: Engine, plan: Plan, as_of: dt.date) -> dict[str, str]:

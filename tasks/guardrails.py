@@ -116,3 +116,39 @@ def recent_sends(engine: Engine, ids: list[str], plan: Plan, as_of: dt.date) -> 
                 t.as_of >= since, t.as_of <= as_of, not_(this_run)).group_by(t.customer_id))
             counts.update({c: int(n) for c, n in conn.execute(stmt)})
     return pd.Series(counts, dtype="int64")
+
+
+RIVAL_STATUSES = ("planned", "deferred", "sent")
+
+
+def same_day_rivals(engine: Engine, ids: list[str], plan: Plan, as_of: dt.date) -> pd.DataFrame:
+    """Other playbooks' touches for these customers on the same day that are planned, deferred or sent."""
+    t = touches.c
+    cols = ["customer_id", "touch_key", "status", "priority", "claimed_by"]
+    rows = []
+    with engine.connect() as conn:
+        for start in range(0, len(ids), 20_000):
+            stmt = select(t.customer_id, t.touch_key, t.status, t.priority, t.claimed_by).where(
+                t.customer_id.in_(ids[start : start + 20_000]), t.as_of == as_of,
+                t.playbook != plan.name, t.status.in_(RIVAL_STATUSES))
+            rows += conn.execute(stmt).all()
+    return pd.DataFrame(rows, columns=cols)
+
+
+def outranked(rivals: pd.DataFrame, plan: Plan) -> tuple[set[str], dict[str, list[str]]]:
+    """Who this playbook must leave alone today, and which rival touches it may take over.
+
+    Priority decides while a decision is still open: a rival of equal or higher priority keeps its
+    customer; a lower-priority rival's touch that is not yet delivered (planned or deferred, and not
+    claimed by a running dispatch) can be cancelled. A touch already delivered, or in flight, stands
+    and keeps the customer at one touch that day.
+    """
+    if rivals.empty:
+        return set(), {}
+    mine = plan.guardrails.priority
+    prio = pd.to_numeric(rivals["priority"], errors="coerce").fillna(50)
+    keeps = (rivals["status"] == "sent") | (prio >= mine) | rivals["claimed_by"].notna()
+    blocked = set(rivals.loc[keeps.to_numpy(), "customer_id"])
+    takeable = rivals[~keeps.to_numpy() & ~rivals["customer_id"].isin(blocked).to_numpy()]
+    return blocked, takeable.groupby("customer_id")["touch_key"].apply(list).to_dict()
+

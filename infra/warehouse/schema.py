@@ -108,6 +108,7 @@ touches = Table(
     # The run delivering a `planned` touch now; another run may take it over only after the lease ends.
     Column("claimed_by", String(64)),
     Column("claimed_at", DateTime),
+    Column("priority", Integer),  # the playbook's priority: same-day competition is decided by it
     Index("ix_touches_customer", "customer_id", "created_at"),
     Index("ix_touches_playbook", "playbook", "as_of"),
 )
