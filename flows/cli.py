@@ -10,9 +10,8 @@ import argparse
 import datetime as dt
 import os
 import sys
-from pathlib import Path
 
-from infra.errors import LifecycleError, UsageError
+from infra.errors import LifecycleError
 
 
 def _prefect_defaults() -> None:

@@ -57,12 +57,14 @@ def _today() -> dt.date:
 
 
 def _last_activity(engine: Engine) -> dt.date:
-    with engine.connect() as conn:
-        last = conn.execute(select(func.max(schema.orders.c.ordered_at))).scalar()
+    """The last day with an order: the demo runs as of it."""
+    from tasks.source import SqlSource  # imports Prefect: only the commands that run flows need it
+
+    last = SqlSource(engine).last_order_day()
     if last is None:
         raise WarehouseError("the warehouse has no orders to train on",
                              hint="import orders or run `lifecycle data generate`", code="L408")
-    return (last if isinstance(last, dt.datetime) else dt.datetime.fromisoformat(str(last))).date()
+    return last
 
 
 # ---- check / run -------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import time
-from pathlib import Path
 
 import pandas as pd
 

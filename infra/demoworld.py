@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Table, func, select
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
 
 from infra.errors import UsageError, WarehouseError
 from infra.warehouse import schema

@@ -9,7 +9,6 @@ both work.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from infra.errors import ModelError
+from infra.warehouse.bulk import utcnow
 from infra.warehouse.schema import model_registry
 from models.churn import ChurnModel
 
@@ -24,7 +24,7 @@ from models.churn import ChurnModel
 def save(engine: Engine, model: ChurnModel) -> None:
     """Register a model and make it the one runs use; retraining an identical model re-promotes it."""
     record = model.to_record()
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    now = utcnow()
     t = model_registry.c
     with engine.begin() as conn:
         promoted = conn.execute(

@@ -25,16 +25,15 @@ from sqlalchemy.engine import Engine
 
 from flows.plan import Plan
 from tasks import guardrails
+from infra.warehouse.bulk import chunks, utcnow
 from infra.warehouse.schema import consents, suppressions
 from tasks.extract import day_end
 
-CHUNK = 20_000  # customer ids per IN (...) list; keeps statements well under every driver's limits
 
 
 def consent_effective_at(as_of: dt.date) -> dt.datetime:
     """Consent is judged now (or at the end of a future as-of day): a withdrawal always counts."""
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    return max(now, day_end(as_of))
+    return max(utcnow(), day_end(as_of))
 
 
 def active_consents(engine: Engine, customer_ids: list[str], pairs: set[tuple[str, str]],
@@ -45,8 +44,7 @@ def active_consents(engine: Engine, customer_ids: list[str], pairs: set[tuple[st
     channels = sorted({c for c, _ in pairs})
     purposes = sorted({p for _, p in pairs})
     with engine.connect() as conn:
-        for start in range(0, len(customer_ids), CHUNK):
-            ids = customer_ids[start : start + CHUNK]
+        for ids in chunks(customer_ids):
             stmt = select(t.customer_id, t.channel, t.purpose).where(
                 t.customer_id.in_(ids), t.channel.in_(channels), t.purpose.in_(purposes),
                 t.granted_at <= at, or_(t.withdrawn_at.is_(None), t.withdrawn_at > at),
@@ -60,8 +58,8 @@ def suppressed_for(engine: Engine, customer_ids: list[str]) -> set[tuple[str, st
     t = suppressions.c
     found: set[tuple[str, str | None]] = set()
     with engine.connect() as conn:
-        for start in range(0, len(customer_ids), CHUNK):
-            stmt = select(t.customer_id, t.channel).where(t.customer_id.in_(customer_ids[start : start + CHUNK]))
+        for ids in chunks(customer_ids):
+            stmt = select(t.customer_id, t.channel).where(t.customer_id.in_(ids))
             found.update((r[0], r[1]) for r in conn.execute(stmt))
     return found
 

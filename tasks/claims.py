@@ -26,6 +26,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from infra.warehouse.bulk import chunks, utcnow
 from infra.warehouse.schema import touches
 
 if TYPE_CHECKING:
@@ -35,10 +36,6 @@ CHUNK = 2_000
 DEFAULT_LEASE_SECONDS = 600
 CRASH_ENV = "LIFECYCLE_TEST_CRASH_AT"  # tests only: "point:n" kills this process the n-th time `point` is reached
 _crash_seen: dict[str, int] = {}
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def lease() -> dt.timedelta:
@@ -64,18 +61,18 @@ def insert_absent(engine: Engine, ledger: pd.DataFrame) -> None:
     else:  # pragma: no cover - other backends fall back to the generic form (still guarded by the PK)
         stmt = touches.insert().prefix_with("IGNORE")
     with engine.begin() as conn:
-        for start in range(0, len(rows), CHUNK):
-            conn.execute(stmt, rows[start : start + CHUNK])
+        for part in chunks(rows, CHUNK):
+            conn.execute(stmt, part)
 
 
 def claim(engine: Engine, keys: Sequence[str], token: str) -> set[str]:
     """Take the `planned` keys nobody holds (or whose lease expired) for `token`; returns those taken."""
-    now = _now()
+    now = utcnow()
     t = touches.c
     mine: set[str] = set()
     with engine.begin() as conn:
-        for start in range(0, len(keys), CHUNK):
-            chunk = list(keys[start : start + CHUNK])
+        for part in chunks(list(keys), CHUNK):
+            chunk = list(part)
             conn.execute(update(touches).where(
                 t.touch_key.in_(chunk), t.status == "planned",
                 or_(t.claimed_by.is_(None), t.claimed_by == token, t.claimed_at < now - lease()),
@@ -87,18 +84,18 @@ def claim(engine: Engine, keys: Sequence[str], token: str) -> set[str]:
 
 def finish(engine: Engine, token: str, delivery: Delivery) -> None:
     """Record a batch's outcome: sent, failed with the provider's reason, or released for the rerun."""
-    now = _now()
+    now = utcnow()
     t = touches.c
     mine = and_(t.claimed_by == token, t.status == "planned")
     with engine.begin() as conn:
-        for start in range(0, len(delivery.sent), CHUNK):
-            conn.execute(update(touches).where(t.touch_key.in_(delivery.sent[start : start + CHUNK]), mine)
+        for part in chunks(delivery.sent, CHUNK):
+            conn.execute(update(touches).where(t.touch_key.in_(part), mine)
                          .values(status="sent", updated_at=now))
         for key, why in delivery.failed.items():
             conn.execute(update(touches).where(t.touch_key == key, mine)
                          .values(status="failed", reason=why[:128], updated_at=now))
-        for start in range(0, len(delivery.undelivered), CHUNK):
-            conn.execute(update(touches).where(t.touch_key.in_(delivery.undelivered[start : start + CHUNK]), mine)
+        for part in chunks(delivery.undelivered, CHUNK):
+            conn.execute(update(touches).where(t.touch_key.in_(part), mine)
                          .values(claimed_by=None, claimed_at=None, updated_at=now))
 
 

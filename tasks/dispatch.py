@@ -31,6 +31,7 @@ from sqlalchemy.engine import Engine
 from flows.plan import Plan
 from infra.errors import DispatchError
 from infra.settings import ProjectConfig
+from infra.warehouse.bulk import chunks, utcnow
 from infra.warehouse.schema import touches
 from tasks import claims
 from tasks.channels import open_channel
@@ -140,7 +141,7 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
         return result
 
     status = _ledger_status(engine, plan, as_of)
-    now = _utcnow()
+    now = utcnow()
     lost = _take_over(engine, frame[frame["status"].isin(["planned", "deferred"])], now)
     if lost:  # a rival touch we outrank was delivered or claimed meanwhile: it stands, ours goes
         hit = frame.index.isin(list(lost)) & ~frame["touch_key"].isin(status)
@@ -194,8 +195,8 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
                     f"channel {channel_name} is failing: {delivery.error}; {plan.name} on {as_of}: "
                     f"{sent:,} sent, {sum(result.failed.values()):,} failed, "
                     f"{len(delivery.undelivered) + len(group) - start - len(batch):,} not delivered (left planned)",
-                    hint=f"check the provider, then rerun the same playbook and as-of date: "
-                         f"the ledger delivers only what is still planned", code="L602")
+                    hint="check the provider, then rerun the same playbook and as-of date: "
+                         "the ledger delivers only what is still planned", code="L602")
         result.sent[str(channel_name)] = sent
     log_summary(plan, result)
     return result
@@ -217,16 +218,14 @@ def _take_over(engine: Engine, frame: pd.DataFrame, now: dt.datetime) -> set[str
         return set()
     keys = [k for ks in wanted.values() for k in ks]
     t = touches.c
+    cancelled: set[str] = set()
     with engine.begin() as conn:
-        for start in range(0, len(keys), 20_000):
-            chunk = keys[start : start + 20_000]
-            conn.execute(update(touches).where(t.touch_key.in_(chunk), t.status.in_(["planned", "deferred"]),
+        for part in chunks(keys):
+            conn.execute(update(touches).where(t.touch_key.in_(part), t.status.in_(["planned", "deferred"]),
                                                t.claimed_by.is_(None))
                          .values(status="dropped", reason="priority", updated_at=now))
-        cancelled = set()
-        for start in range(0, len(keys), 20_000):
-            cancelled |= set(conn.execute(select(t.touch_key).where(
-                t.touch_key.in_(keys[start : start + 20_000]), t.status == "dropped", t.reason == "priority")).scalars())
+            cancelled.update(conn.execute(select(t.touch_key).where(
+                t.touch_key.in_(part), t.status == "dropped", t.reason == "priority")).scalars())
     return {c for c, ks in wanted.items() if not set(ks) <= cancelled}
 
 
@@ -238,8 +237,6 @@ def _ledger_status(engine: Engine, plan: Plan, as_of: dt.date) -> dict[str, str]
         return {k: s for k, s in rows}
 
 
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def log_summary(plan: Plan, result: DispatchResult) -> None:

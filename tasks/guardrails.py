@@ -18,9 +18,9 @@ from sqlalchemy import and_, func, not_, select
 from sqlalchemy.engine import Engine
 
 from flows.plan import Plan, QuietHours, VariantPlan
+from infra.warehouse.bulk import chunks
 from infra.warehouse.schema import touches
 
-CHUNK = 20_000
 DEFAULT_SEND_TIME = dt.time(10, 0)  # UTC, for playbooks without a schedule
 
 
@@ -110,9 +110,9 @@ def recent_sends(engine: Engine, ids: list[str], plan: Plan, as_of: dt.date) -> 
     this_run = and_(t.playbook == plan.name, t.as_of == as_of)
     counts: dict[str, int] = {}
     with engine.connect() as conn:
-        for start in range(0, len(ids), CHUNK):
+        for part in chunks(ids):
             stmt = (select(t.customer_id, func.count()).where(
-                t.customer_id.in_(ids[start : start + CHUNK]), t.status == "sent",
+                t.customer_id.in_(part), t.status == "sent",
                 t.as_of >= since, t.as_of <= as_of, not_(this_run)).group_by(t.customer_id))
             counts.update({c: int(n) for c, n in conn.execute(stmt)})
     return pd.Series(counts, dtype="int64")
@@ -127,9 +127,9 @@ def same_day_rivals(engine: Engine, ids: list[str], plan: Plan, as_of: dt.date) 
     cols = ["customer_id", "touch_key", "status", "priority", "claimed_by"]
     rows = []
     with engine.connect() as conn:
-        for start in range(0, len(ids), 20_000):
+        for part in chunks(ids):
             stmt = select(t.customer_id, t.touch_key, t.status, t.priority, t.claimed_by).where(
-                t.customer_id.in_(ids[start : start + 20_000]), t.as_of == as_of,
+                t.customer_id.in_(part), t.as_of == as_of,
                 t.playbook != plan.name, t.status.in_(RIVAL_STATUSES))
             rows += conn.execute(stmt).all()
     return pd.DataFrame(rows, columns=cols)

@@ -6,12 +6,28 @@ import csv
 import datetime as dt
 import io
 
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
 import numpy as np
 import pandas as pd
 from sqlalchemy import Integer, Table
 from sqlalchemy.engine import Connection
 
 CHUNK_ROWS = 200_000
+ID_CHUNK = 20_000  # ids per IN (...) list: well under every driver's parameter limit
+
+
+def chunks(items: Sequence[T], size: int = ID_CHUNK) -> Iterator[Sequence[T]]:
+    """Consecutive slices of at most `size` items, for IN (...) lists and executemany batches."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def utcnow() -> dt.datetime:
+    """Now, as the naive UTC timestamp the warehouse stores."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+T = TypeVar("T")
 _SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"  # what SQLAlchemy's SQLite DateTime writes and parses
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from infra.settings import ChannelConfig, outbox_dir
-from infra.warehouse.bulk import bulk_insert
+from infra.warehouse.bulk import bulk_insert, utcnow
 from infra.warehouse.schema import outbox
 from tasks.channels.base import Delivery
 
@@ -41,7 +41,7 @@ class OutboxChannel:
 
     def send_batch(self, messages: pd.DataFrame) -> Delivery:
         """Deliver a batch (columns touch_key, customer_id, subject, body, ...) durably before returning."""
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        now = utcnow()
         if self.config.table:
             self._to_table(messages, now)
         else:

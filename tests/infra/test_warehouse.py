@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import inspect, text
 
 from infra.errors import UsageError, WarehouseError
 from infra.warehouse import schema
-from infra.warehouse.db import current_revision, head_revision, open_warehouse, require_customers, upgrade
+from infra.warehouse.db import head_revision, open_warehouse, require_customers, upgrade
 
 
 def test_upgrade_creates_every_table_and_is_idempotent(any_url):
