@@ -1,0 +1,133 @@
+"""Refresh the README's Prefect UI screenshots: docs/flow-run.png and docs/artifact.png.
+
+Starts a throwaway Prefect server (its own PREFECT_HOME, analytics off), runs `lifecycle demo` against
+it into a throwaway warehouse, then photographs the churn_winback flow-run page and its summary
+artifact with headless Chromium. Needs `chromium` (Debian: `apt-get install chromium`).
+
+    .venv/bin/python infra/screenshots.py [--customers 5000] [--out docs] [--chromium /usr/bin/chromium]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PLAYBOOK = "churn_winback"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--window-size=1400,1000", "--virtual-time-budget=15000"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LIFECYCLE_"))}
+    env.update(PREFECT_HOME=str(tmp / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
+               LIFECYCLE_HOME=str(tmp / "home"), **extra)
+    return env
+
+
+@contextlib.contextmanager
+def _server(tmp: Path, port: int):
+    """A Prefect server with the UI on 127.0.0.1:port, stopped (its whole process group) on exit."""
+    log = (tmp / "server.log").open("wb")
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    env = _env(tmp, PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{tmp / 'prefect.db'}",
+               PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")  # the UI in the browser calls this
+    proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"prefect server exited; see {tmp / 'server.log'}")
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit("prefect server did not start within 180 s")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def _ids(api: str) -> tuple[str, str]:
+    """The newest churn_winback flow run and its summary artifact."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
+                                                FlowRunFilterName)
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=f"{PLAYBOOK}-")),
+                                     sort=FlowRunSort.START_TIME_DESC, limit=1)
+        if not runs:
+            raise SystemExit(f"no {PLAYBOOK} run on the server")
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[runs[0].id])))
+        summary = [a for a in arts if a.type == "markdown" and (a.key or "").endswith("-summary")]
+        if not summary:
+            raise SystemExit(f"run {runs[0].name} has no summary artifact")
+        return str(runs[0].id), str(summary[0].id)
+
+
+def _shoot(chromium: str, url: str, out: Path, tmp: Path) -> None:
+    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
+    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={out}", url],
+                   check=True, capture_output=True, timeout=120)
+    print(f"{out}: {url} ({out.stat().st_size:,} bytes)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--customers", type=int, default=5000)
+    ap.add_argument("--out", type=Path, default=REPO / "docs")
+    ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (server log, warehouse)")
+    args = ap.parse_args(argv)
+    if not Path(args.chromium).exists():
+        raise SystemExit(f"chromium not found at {args.chromium}; install it (apt-get install chromium)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="lifecycle-shots-"))
+    try:
+        port = _free_port()
+        with _server(tmp, port) as ui:
+            lifecycle = str(Path(sys.executable).with_name("lifecycle"))
+            subprocess.run([lifecycle, "demo", "--customers", str(args.customers)], cwd=REPO, check=True,
+                           env=_env(tmp, PREFECT_API_URL=f"{ui}/api"), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            run_id, artifact_id = _ids(f"{ui}/api")
+            _shoot(args.chromium, f"{ui}/runs/flow-run/{run_id}", args.out / "flow-run.png", tmp)
+            _shoot(args.chromium, f"{ui}/artifacts/artifact/{artifact_id}", args.out / "artifact.png", tmp)
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
