@@ -92,6 +92,17 @@ class ChannelConfig(BaseModel):
     backoff_max_seconds: float = Field(default=30.0, ge=0)
     rate_per_second: float | None = Field(default=None, gt=0)
     concurrency: int = Field(default=8, ge=1)
+    # What one delivered message costs (SMS fee, advisor time, ...), in the offers' currency: for ROI.
+    cost_per_message: float = Field(default=0.0, ge=0)
+
+
+class ControlGroup(BaseModel):
+    """A global control group: `percent` of all customers, by a hash of (customer, salt), get no marketing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    percent: float = Field(ge=0, le=50)
+    salt: str = Field(min_length=1)
 
 
 class ProjectConfig(BaseModel):
@@ -101,6 +112,7 @@ class ProjectConfig(BaseModel):
 
     warehouse: str | None = None
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
+    control_group: ControlGroup | None = None  # held out of every marketing playbook, to measure them all
     source: str = "built-in default"
 
     def channel(self, name: str) -> ChannelConfig:
@@ -108,10 +120,10 @@ class ProjectConfig(BaseModel):
 
 
 DEFAULT_CHANNELS = {
-    "advisor": {"type": "outbox", "consent": "wecom"},
-    "sms": {"type": "outbox"},
+    "advisor": {"type": "outbox", "consent": "wecom", "cost_per_message": 5.0},
+    "sms": {"type": "outbox", "cost_per_message": 0.05},
     "push": {"type": "outbox"},
-    "email": {"type": "outbox"},
+    "email": {"type": "outbox", "cost_per_message": 0.001},
 }
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -192,6 +204,8 @@ def _located(doc: SourceDoc, path: tuple, message: str, hint: str, code: str) ->
 def _allowed_keys(parent: tuple) -> list[str]:
     if len(parent) == 2 and parent[0] == "channels":
         return sorted(ChannelConfig.model_fields)
+    if parent == ("control_group",):
+        return sorted(ControlGroup.model_fields)
     return sorted(k for k in ProjectConfig.model_fields if k != "source")
 
 

@@ -44,6 +44,14 @@ def latest(engine: Engine, name: str = "churn") -> ChurnModel | None:
     return ChurnModel.from_record(dict(row)) if row else None
 
 
+def by_version(engine: Engine, version: str, name: str = "churn") -> ChurnModel | None:
+    """A registered model by its version (what a ledger row names), or None when it is not registered."""
+    t = model_registry.c
+    with engine.connect() as conn:
+        row = conn.execute(select(model_registry).where(t.name == name, t.version == version)).mappings().first()
+    return ChurnModel.from_record(dict(row)) if row else None
+
+
 def require(engine: Engine, name: str = "churn") -> ChurnModel:
     model = latest(engine, name)
     if model is None:

@@ -81,6 +81,30 @@ def write(bt: Backtest, folder: Path | str, title: str = "Churn model backtest")
     return paths
 
 
+PAGE_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}.charts img{width:32%;margin-right:1%}"""
+
+
+def png_data_uri(path: Path | str) -> str:
+    """A PNG as a data: URI, for HTML pages and Prefect markdown artifacts that need no file next to them."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def embed_png(path: Path | str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="{png_data_uri(path)}">'
+
+
+def html_page(title: str, body: str, style: str = "") -> str:
+    """A self-contained one-page report: the shared look plus `style`, then `body` (already HTML)."""
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{PAGE_STYLE}{style}</style></head><body>
+<h1>{html.escape(title)}</h1>
+{body}
+</body></html>
+"""
+
+
 def _table(rows: dict[str, dict[str, float]]) -> str:
     head = "<tr><th>model</th>" + "".join(f"<th>{m.replace('_', ' ')}</th>" for m in METRICS) + "</tr>"
     body = "".join(
@@ -91,22 +115,14 @@ def _table(rows: dict[str, dict[str, float]]) -> str:
 
 def _html(bt: Backtest, paths: dict[str, Path], title: str) -> str:
     def img(key: str) -> str:
-        data = base64.b64encode(paths[key].read_bytes()).decode()
-        return f'<img alt="{key}" src="data:image/png;base64,{data}">'
+        return embed_png(paths[key], key)
 
     cutoffs = "".join(f"<h3>cutoff {html.escape(c)} (model {html.escape(bt.models[c])})</h3>{_table(r)}"
                       for c, r in bt.per_cutoff.items())
     base = bt.predictions["label"].mean()
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;margin:.5em 0 1.5em}}td,th{{border:1px solid #ddd;padding:4px 8px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}.charts img{{width:32%;margin-right:1%}}</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>Churn = no order in the {bt.horizon_days} days after a cutoff. For each cutoff the model was trained on data up
+    return html_page(title, f"""<p>Churn = no order in the {bt.horizon_days} days after a cutoff. For each cutoff the model was trained on data up
 to that cutoff only and scored on every customer with an order by then; {len(bt.predictions):,} scored customers in
 all, {base:.1%} of whom churned. Baselines on the same rows: the base rate, recency alone, BG/NBD.</p>
 <h2>All cutoffs together</h2>{_table(bt.pooled)}
 <div class="charts">{img("roc")}{img("calibration")}{img("lift")}</div>
-<h2>Per cutoff</h2>{cutoffs}
-</body></html>
-"""
+<h2>Per cutoff</h2>{cutoffs}""")

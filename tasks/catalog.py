@@ -89,6 +89,9 @@ FEATURES: tuple[Feature, ...] = (
             "needs events)", nullable=True, source="events"),
     Feature("churn_score", "number", "probability", "P(no order in the model's horizon), from the churn model; null without a model", nullable=True,
             source="model", model=False),
+    Feature("uplift_score", "number", "probability", "predicted change in the chance of the playbook's goal if "
+            "touched, from its uplift model (`lifecycle uplift`); needs a goal", nullable=True, source="model",
+            model=False),
 )
 
 BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}

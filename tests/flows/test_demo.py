@@ -1,13 +1,18 @@
-"""`lifecycle demo`: builds a world once, keeps it afterwards, and says what happened in plain words."""
+"""`lifecycle demo`: builds a world once, keeps it afterwards, and says what happened in plain words,
+including what each playbook caused in the month after its run (the world answers back)."""
 
 from __future__ import annotations
+
+import datetime as dt
+import re
 
 import pytest
 from sqlalchemy import func, select
 
 from flows.cli import main
+from infra.demoresponse import ORDER_PREFIX
 from infra.warehouse.db import open_warehouse
-from infra.warehouse.schema import customers, model_registry, touches
+from infra.warehouse.schema import customers, model_registry, orders, touches
 
 pytestmark = pytest.mark.slow
 
@@ -24,13 +29,33 @@ def test_demo_generates_trains_runs_then_keeps_the_world(prefect_harness, sqlite
     engine = open_warehouse(sqlite_url)
     with engine.connect() as conn:
         ledger_rows = conn.execute(select(func.count()).select_from(touches)).scalar_one()
+        last_order = conn.execute(select(func.max(orders.c.ordered_at))).scalar_one()
+        responses = conn.execute(select(func.count()).select_from(orders).where(
+            orders.c.order_id.like(f"{ORDER_PREFIX}%"))).scalar_one()
+        order_count = conn.execute(select(func.count()).select_from(orders)).scalar_one()
     assert ledger_rows > 0
+    # the playbooks ran a month before the data ends, and the world answered in that month
+    as_of = last_order.date() - dt.timedelta(days=30)
+    assert f"churn_winback v1 as of {as_of}" in first
+    assert f"responses: over the 30 days after {as_of}, the touches persuaded {responses:,} orders" in first
+    assert responses > 0
+    caused = first[first.index("What the playbooks caused"):]
+    winback = re.search(r"churn_winback: ([\d,]+) treated vs ([\d,]+) held out: conversion [\d.]+% vs [\d.]+%, "
+                        r"lift ([+-][\d.]+) pts \(95% CI ([+-][\d.]+) to ([+-][\d.]+)", caused)
+    assert winback, caused
+    low, high = float(winback.group(4)), float(winback.group(5))
+    assert low <= float(winback.group(3)) <= high
+    assert "simulated true effect" in caused and "ROI" in caused
+    assert "birthday_care: " in caused and "no holdout, so no lift" in caused
 
     assert main(["demo", "--customers", "99", "--db", sqlite_url]) == 0
     second = capsys.readouterr().out
     assert "keeping the 1,500 customers already in the warehouse" in second
     assert "model: using churn-" in second and "already sent earlier for this date" in second
+    assert f"responses: already simulated for the touches of {as_of}" in second
+    assert "churn_winback: " in second[second.index("What the playbooks caused"):]
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(customers)).scalar_one() == 1500
         assert conn.execute(select(func.count()).select_from(model_registry)).scalar_one() == 1
         assert conn.execute(select(func.count()).select_from(touches)).scalar_one() == ledger_rows
+        assert conn.execute(select(func.count()).select_from(orders)).scalar_one() == order_count

@@ -1,0 +1,262 @@
+"""Uplift: who a touch changes, not only who is at risk.
+
+A two-model estimate (T-learner): one LightGBM classifier of the goal conversion among the treated,
+one among the held-out control, each on the same inputs (the churn model's catalog features and the
+churn score); a customer's uplift is the difference of the two probabilities. It is trained on a
+playbook's randomised history (holdout vs treated, intent to treat, as `tasks/measure.py` defines the
+arms), so it estimates what *running the playbook* does to a customer like this, reachability included.
+
+Judged on customers it never saw: rank them by predicted uplift, and by churn score (risk), and count
+incremental conversions among the top k% of each ranking: (treated rate - control rate) x customers
+targeted, the same budget for both. The area between a curve and random targeting (overall effect x
+k) summarises it (a Qini-style score). Plain functions over DataFrames: no Prefect, no SQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from infra.errors import ModelError
+from models.churn import MODEL_FEATURES
+
+NAME = "uplift"
+SHARES = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 5%, 10%, ..., 100% of customers targeted
+BUDGETS = (0.1, 0.2, 0.3, 0.5)  # the shares the summary reads out
+MIN_ARM, MIN_CONVERSIONS = 200, 20  # per arm, to train at all
+PARAMS = {
+    "objective": "binary",
+    # small, well-populated trees: the arms are thousands of customers, the control arm often a tenth
+    "learning_rate": 0.05,
+    "num_leaves": 7,
+    "min_data_in_leaf": 40,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 5.0,
+    "verbose": -1,
+    "num_threads": 2,
+    "seed": 11,
+    "deterministic": True,
+}
+MAX_ROUNDS, EARLY_STOP = 400, 30
+
+
+def inputs(frame: pd.DataFrame) -> tuple[str, ...]:
+    """The model inputs a frame supports: the churn model's catalog features present, and the churn score."""
+    return tuple(n for n in (*MODEL_FEATURES, "churn_score") if n in frame.columns)
+
+
+def matrix(frame: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray:
+    return np.column_stack([pd.to_numeric(frame[n], errors="coerce").astype("float64").to_numpy() for n in names]) \
+        if len(frame) else np.zeros((0, len(names)))
+
+
+def _split(index: pd.Index, share: float, salt: str) -> np.ndarray:
+    """A stable pseudo-random subset (by a hash of the row key): the early-stopping rows."""
+    digest = (hashlib.sha256(f"{salt}|{k}".encode()).digest()[:4] for k in index)
+    return np.fromiter((int.from_bytes(d, "big") / 2**32 < share for d in digest), dtype=bool, count=len(index))
+
+
+def _fit_arm(x: np.ndarray, y: np.ndarray, names: tuple[str, ...], stop: np.ndarray) -> lgb.Booster:
+    params = {**PARAMS, "min_data_in_leaf": max(PARAMS["min_data_in_leaf"], len(y) // 100)}
+    train = lgb.Dataset(x[~stop], y[~stop], feature_name=list(names), free_raw_data=True)
+    valid = lgb.Dataset(x[stop], y[stop], reference=train)
+    booster = lgb.train(params, train, num_boost_round=MAX_ROUNDS, valid_sets=[valid],
+                        callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
+    return lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+
+
+@dataclass
+class UpliftModel:
+    """P(convert | treated, x) - P(convert | control, x) for one playbook's goal."""
+
+    playbook: str
+    version: str
+    as_of: dt.date  # the last as-of day of the history it learned from
+    window_days: int
+    features: tuple[str, ...]
+    treated: lgb.Booster
+    control: lgb.Booster
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, frame: pd.DataFrame) -> pd.Series:
+        """Predicted uplift per row: the change in the goal's probability a touch makes (may be negative)."""
+        missing = [n for n in self.features if n not in frame.columns]
+        if missing:
+            raise ModelError(f"uplift model {self.version} needs inputs the data lacks: {', '.join(missing)}",
+                             hint=f"retrain it on this data (`lifecycle uplift {self.playbook}`)", code="L504")
+        x = matrix(frame, self.features)
+        return pd.Series(self.treated.predict(x) - self.control.predict(x), index=frame.index, name="uplift_score")
+
+    def to_record(self) -> dict[str, Any]:
+        """A row for the model registry (name `uplift`; the playbook is in the metadata)."""
+        return {"name": NAME, "version": self.version, "as_of": self.as_of, "horizon_days": self.window_days,
+                "meta": json.dumps({**self.meta, "playbook": self.playbook, "features": list(self.features)},
+                                   sort_keys=True, default=str),
+                "booster": json.dumps({"treated": self.treated.model_to_string(),
+                                       "control": self.control.model_to_string()})}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> UpliftModel:
+        meta = json.loads(record["meta"])
+        boosters = json.loads(record["booster"])
+        as_of = record["as_of"] if isinstance(record["as_of"], dt.date) else dt.date.fromisoformat(str(record["as_of"]))
+        return cls(meta["playbook"], record["version"], as_of, int(record["horizon_days"]), tuple(meta["features"]),
+                   lgb.Booster(model_str=boosters["treated"]), lgb.Booster(model_str=boosters["control"]), meta)
+
+
+def fit(frame: pd.DataFrame, treated: np.ndarray, converted: np.ndarray, *, playbook: str, as_of: dt.date,
+        window_days: int, meta: dict[str, Any] | None = None) -> UpliftModel:
+    """Train the two arms' models on `frame` (features; one row per customer) with their arm and outcome."""
+    treated, converted = np.asarray(treated, dtype=bool), np.asarray(converted, dtype=bool)
+    counts = {"treated": int(treated.sum()), "control": int((~treated).sum()),
+              "treated_conversions": int((converted & treated).sum()),
+              "control_conversions": int((converted & ~treated).sum())}
+    if min(counts["treated"], counts["control"]) < MIN_ARM or \
+            min(counts["treated_conversions"], counts["control_conversions"]) < MIN_CONVERSIONS or \
+            (converted & treated).sum() == treated.sum() or (converted & ~treated).sum() == (~treated).sum():
+        raise ModelError(
+            f"not enough randomised history for {playbook} to learn uplift: {counts['treated']:,} treated "
+            f"({counts['treated_conversions']:,} converted) and {counts['control']:,} held out "
+            f"({counts['control_conversions']:,} converted); each arm needs {MIN_ARM} customers and "
+            f"{MIN_CONVERSIONS} conversions (and some who did not convert)",
+            hint="let the playbook run longer with a holdout (experiment.holdout_percent), or widen --from/--to",
+            code="L509")
+    names = inputs(frame)
+    x = matrix(frame, names)
+    stop = _split(frame.index, 0.2, f"uplift-stop|{playbook}")
+    boosters = {arm: _fit_arm(x[mask], converted[mask].astype(int), names, stop[mask])
+                for arm, mask in (("treated", treated), ("control", ~treated))}
+    fingerprint = hashlib.sha256(pd.util.hash_pandas_object(frame[list(names)], index=True).values.tobytes()
+                                 + treated.tobytes() + converted.tobytes()).hexdigest()[:12]
+    recipe = json.dumps({"params": PARAMS, "inputs": list(names), "lightgbm": lgb.__version__}, sort_keys=True)
+    version = f"uplift-{playbook[:24]}-{as_of:%Y%m%d}-{hashlib.sha256((fingerprint + recipe).encode()).hexdigest()[:10]}"
+    return UpliftModel(playbook, version, as_of, window_days, names, boosters["treated"], boosters["control"],
+                       {**(meta or {}), "train": counts})
+
+
+# ---- judging it --------------------------------------------------------------------------------
+
+def gains(score: np.ndarray, treated: np.ndarray, converted: np.ndarray, shares=SHARES) -> pd.DataFrame:
+    """Incremental conversions when targeting the top `share` by `score`: (treated rate - control rate) x n.
+
+    Ties are broken by a fixed shuffle, so a coarse score is not favoured by the rows' order.
+    """
+    score = np.asarray(score, dtype=float)
+    treated, converted = np.asarray(treated, dtype=bool), np.asarray(converted, dtype=bool)
+    n = len(score)
+    shuffle = np.random.default_rng(0).permutation(n)
+    order = shuffle[np.lexsort((np.arange(n), -np.nan_to_num(score[shuffle], nan=-np.inf)))]
+    t, y = treated[order], converted[order]
+    n_t, n_c = np.cumsum(t), np.cumsum(~t)
+    y_t, y_c = np.cumsum(y & t), np.cumsum(y & ~t)
+    rows = []
+    for share in shares:
+        k = max(1, math.ceil(share * n)) if n else 0
+        if k == 0:
+            rows.append({"share": share, "n": 0, "treated": 0, "control": 0, "incremental": np.nan})
+            continue
+        i = k - 1
+        rate_t = y_t[i] / n_t[i] if n_t[i] else np.nan
+        rate_c = y_c[i] / n_c[i] if n_c[i] else np.nan
+        rows.append({"share": share, "n": k, "treated": int(n_t[i]), "control": int(n_c[i]),
+                     "rate_treated": rate_t, "rate_control": rate_c, "incremental": (rate_t - rate_c) * k})
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Uplift vs risk targeting on held-out customers, at the same share of customers targeted."""
+
+    customers: int
+    treated: int
+    control: int
+    curves: pd.DataFrame  # share, n, uplift, risk, random (incremental conversions), control_in_top_uplift/_risk
+
+    def at(self, share: float) -> dict[str, float]:
+        row = self.curves.loc[(self.curves["share"] - share).abs().idxmin()]
+        return {k: _num(row[k]) for k in self.curves.columns}
+
+    def area(self, ranking: str) -> float:
+        """Mean over the shares of (curve - random): above 0, the ranking finds more than chance does."""
+        return float((self.curves[ranking] - self.curves["random"]).mean())
+
+    def winner(self, share: float) -> str:
+        r = self.at(share)
+        return "uplift" if r["uplift"] > r["risk"] else "risk"
+
+    def lines(self) -> list[str]:
+        """A few sentences: the verdict at each budget, and how many control customers back each number."""
+        out = [f"judged on {self.customers:,} customers the uplift model never saw ({self.treated:,} treated, "
+               f"{self.control:,} held out): incremental conversions when targeting the top share"]
+        for share in BUDGETS:
+            r = self.at(share)
+            out.append(f"  top {share:.0%} ({int(r['n']):,} customers): by uplift {r['uplift']:+.1f}, by churn risk "
+                       f"{r['risk']:+.1f}, at random {r['random']:+.1f}  (control customers behind these: "
+                       f"{int(r['control_uplift'])} and {int(r['control_risk'])})")
+        out.append(f"  area over random (mean across 5%..100%): uplift {self.area('uplift'):+.1f}, "
+                   f"risk {self.area('risk'):+.1f}")
+        small = [s for s in BUDGETS if min(self.at(s)["control_uplift"], self.at(s)["control_risk"]) < 30]
+        if small:
+            tops = ", ".join(f"{s:.0%}" for s in small)
+            out.append(f"  read with care: fewer than 30 control customers behind the top {tops}")
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Evaluation:
+        """Back from `to_json` (what the registry keeps with the model)."""
+        curves = pd.DataFrame(data["curves"]).astype({"share": float}).fillna(np.nan)
+        return cls(int(data["customers"]), int(data["treated"]), int(data["control"]), curves)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"customers": self.customers, "treated": self.treated, "control": self.control,
+                "area": {"uplift": round(self.area("uplift"), 3), "risk": round(self.area("risk"), 3)},
+                "curves": [{k: _num(v) for k, v in r.items()} for r in self.curves.to_dict("records")]}
+
+
+def _num(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return None
+    return int(v) if isinstance(v, (np.integer,)) else (round(float(v), 4) if isinstance(v, (float, np.floating)) else v)
+
+
+def evaluate(uplift: np.ndarray, risk: np.ndarray, treated: np.ndarray, converted: np.ndarray) -> Evaluation:
+    """Uplift and risk rankings of the same held-out customers, with random targeting for reference."""
+    treated, converted = np.asarray(treated, dtype=bool), np.asarray(converted, dtype=bool)
+    by_uplift = gains(uplift, treated, converted)
+    by_risk = gains(risk, treated, converted)
+    overall = converted[treated].mean() - converted[~treated].mean() if treated.any() and (~treated).any() else np.nan
+    curves = pd.DataFrame({"share": by_uplift["share"], "n": by_uplift["n"], "uplift": by_uplift["incremental"],
+                           "risk": by_risk["incremental"], "random": overall * by_uplift["n"],
+                           "control_uplift": by_uplift["control"], "control_risk": by_risk["control"]})
+    return Evaluation(len(treated), int(treated.sum()), int((~treated).sum()), curves)
+
+
+def chart(ev: Evaluation, path: Path | str, title: str) -> Path:
+    """Incremental conversions by share targeted: uplift ranking, risk ranking, random."""
+    from models.report import plt
+
+    c = ev.curves
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = np.r_[0, c["share"].to_numpy() * 100]
+    for col, label, color in (("uplift", "by predicted uplift", "#1b6ca8"), ("risk", "by churn risk", "#e08a1e"),
+                              ("random", "at random", "#999999")):
+        ax.plot(x, np.r_[0, c[col].to_numpy()], "o-" if col != "random" else ":", color=color, markersize=3,
+                label=label)
+    ax.axhline(0, color="#dddddd", linewidth=0.8)
+    ax.set(xlabel="% of held-out customers targeted", ylabel="incremental conversions", title=title)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
