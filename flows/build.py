@@ -8,6 +8,7 @@ comes from LIFECYCLE_DB_URL / the config where the flow runs.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, tags
@@ -15,79 +16,168 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from flows.compiler import compile_file
+from flows.deploycmd import default_as_of, run_name, tag_run
 from flows.plan import Plan
+from flows.summary import format_counts, outcome_lines
+from infra.errors import LifecycleError, RunError
 from infra.settings import load_config
 from models import registry
 from tasks.allocate import allocate
 from tasks.common import warehouse
+from tasks.deferred import deliver_due
 from tasks.dispatch import DispatchResult, dispatch
+from tasks.events import triggered
+from tasks.followups import admit_entries, enter_journeys, follow_ups
+from tasks.measure import fees_of, measure_task
 from tasks.extract import extract
 from tasks.features import features
 from tasks.score import drift, reasons, score
 from tasks.segment import segment
+from tasks.uplift import for_plan, uplift_scores
 
 
-@flow(name="playbook", persist_result=False, validate_parameters=False)
-def playbook_flow(playbook: str, as_of: str, dry_run: bool = False) -> dict[str, Any]:
-    """Compile the playbook, then extract -> features -> score -> segment -> allocate -> dispatch."""
+@flow(name="playbook", persist_result=False, validate_parameters=False, flow_run_name=run_name)
+def playbook_flow(playbook: str, as_of: str | None = None, dry_run: bool = False,
+                  window_start: str | None = None, window_end: str | None = None) -> dict[str, Any]:
+    """Compile the playbook, then extract -> features -> score -> segment -> allocate -> dispatch.
+
+    A triggered run (window_start/window_end, from the event relay) touches only the audience's
+    customers who produced the playbook's trigger event in that window.
+    """
     config = load_config()
     plan = compile_file(playbook, config)
-    day = dt.date.fromisoformat(as_of)
+    day = dt.date.fromisoformat(as_of) if as_of else default_as_of(plan)  # deployments omit as_of
     engine = warehouse()
     model = registry.require(engine, plan.model) if plan.model else None
+    tag_run(plan, model, triggered=bool(window_start and window_end))  # deployment runs: model:/trigger: tags
     raw = extract(engine, day)
     feats = features(raw)
     scored = score(feats, model)
+    uplift_model = for_plan(engine, plan)  # only when a rule uses uplift_score
+    if uplift_model is not None:
+        scored = uplift_scores(scored, uplift_model)
     # "warn" (default) or "stop" when a score or key feature drifted far (PSI > 0.25) from training
     drift(scored, model, policy=getattr(plan, "drift_policy", "warn"), playbook=plan.name)
     selected, counts = segment(scored, plan, day)
-    allocated = reasons(allocate(selected, plan, day, engine), model)
-    result = dispatch(allocated, plan, day, engine=engine, config=config, run_id=str(flow_run.id),
-                      model_version=model.version if model else None, dry_run=dry_run)
-    summary = summarize(plan, day, dry_run, counts, result, model.version if model else None)
+    if window_start and window_end and plan.trigger:
+        selected, counts = triggered(engine, selected, counts, plan, window_start, window_end)
+    selected, counts["not_reentered"] = admit_entries(engine, selected, plan, day)  # the re-entry rule
+    version = model.version if model else None
+    steps = Steps(plan.name, day)
+    # Independent branches: a failed step skips what depends on it, not the rest; the run then fails
+    # naming the step, after publishing what was done. A rerun resumes: the ledger repeats nothing sent.
+    result = steps.run("dispatch", lambda: dispatch(
+        reasons(allocate(selected, plan, day, engine, control=config.control_group), model, plan), plan, day,
+        engine=engine, config=config, run_id=str(flow_run.id), model_version=version, dry_run=dry_run),
+        default=DispatchResult())
+    if not dry_run:
+        steps.run("enter journeys", lambda: enter_journeys(engine, plan, day), after=["dispatch"])
+    follow = steps.run("follow-ups", lambda: follow_ups(scored, plan, day, engine=engine, config=config,
+                                                         run_id=str(flow_run.id), model_version=version,
+                                                         dry_run=dry_run), default={})
+    # touches this playbook deferred earlier (quiet hours) whose time has come go out now too
+    due = None if dry_run else steps.run("deliver due", lambda: deliver_due(engine, config, playbook=plan.name))
+    measured = steps.run("measure", lambda: measure_task(engine, plan, day, fees_of(config)), default=None)
+    summary = summarize(plan, day, dry_run, counts, result, version, due)
+    summary["measured"] = measured
+    summary["follow_ups"] = follow
+    summary["failed_steps"], summary["skipped_steps"] = steps.failed, steps.skipped
     _publish(plan, summary)
+    steps.raise_if_failed()
+    return summary
+
+
+class Steps:
+    """Runs a flow's independent steps: a failure is recorded, the steps after it that need it are skipped."""
+
+    def __init__(self, playbook: str, as_of: dt.date) -> None:
+        self.playbook, self.as_of = playbook, as_of
+        self.failed: dict[str, str] = {}  # step -> what went wrong
+        self.skipped: list[str] = []
+
+    def run(self, name: str, fn: Callable[[], Any], *, after: list[str] = (), default: Any = None) -> Any:
+        if any(a in self.failed or a in self.skipped for a in after):
+            self.skipped.append(name)
+            return default
+        try:
+            return fn()
+        except LifecycleError as exc:
+            self.failed[name] = f"[{exc.code}] {exc.message}"
+        except Exception as exc:  # noqa: BLE001 - recorded and re-raised at the end as a run error
+            self.failed[name] = f"{type(exc).__name__}: {exc}"
+        return default
+
+    def raise_if_failed(self) -> None:
+        if not self.failed:
+            return
+        what = "; ".join(f"{k} failed: {v}" for k, v in self.failed.items())
+        skipped = f"; skipped because of it: {', '.join(self.skipped)}" if self.skipped else ""
+        raise RunError(f"{self.playbook} on {self.as_of}: {what}{skipped}",
+                       hint="fix the cause, then rerun the same playbook and as-of date: touches already "
+                            "sent are not repeated and journeys resume where they stopped", code="L603")
+
+
+@flow(name="deliver-due", persist_result=False, validate_parameters=False)
+def deliver_flow(playbook: str | None = None) -> dict[str, Any]:
+    """Send the touches quiet hours deferred whose time has come (all playbooks, or one); schedule hourly."""
+    due = deliver_due(warehouse(), load_config(), playbook=playbook)
+    summary = {"sent": due.sent, "dropped": due.dropped, "failed": due.failed, "retried": due.retried}
+    create_markdown_artifact(
+        markdown=f"# Deferred touches due\n\n- sent: {format_counts(due.sent)}\n- dropped: {format_counts(due.dropped)}"
+                 f"\n- failed: {format_counts(due.failed)}\n- provider calls retried: {due.retried:,}",
+        key="deliver-due-summary", description="deferred touches delivered")
     return summary
 
 
 def summarize(plan: Plan, as_of: dt.date, dry_run: bool, counts: dict, result: DispatchResult,
-              model_version: str | None) -> dict[str, Any]:
+              model_version: str | None, due: DispatchResult | None = None) -> dict[str, Any]:
     return {
         "playbook": plan.name, "version": plan.version, "as_of": as_of.isoformat(), "dry_run": dry_run,
         "plan_hash": plan.plan_hash, "model_version": model_version,
         "flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name,
         **counts,
         "touches": result.sent, "already_sent": result.already_sent, "dropped": result.dropped,
-        "deferred": result.deferred,
-        "segment_channel": result.segment_channel, "outboxes": result.outboxes, "previews": result.previews,
+        "deferred": result.deferred, "failed": result.failed, "retried": result.retried,
+        "claimed_elsewhere": result.claimed_elsewhere, "offer_cost": result.offer_cost,
+        "deferred_sent": due.sent if due else {}, "deferred_dropped": due.dropped if due else {},
+        "segment_channel": result.segment_channel, "segment_tier": result.segment_tier,
+        "outboxes": {**(due.outboxes if due else {}), **result.outboxes}, "previews": result.previews,
     }
 
 
 def _publish(plan: Plan, summary: dict[str, Any]) -> None:
-    """What ops see on the flow-run page: a readable summary and a segment x channel table."""
+    """What ops see on the flow-run page: a readable summary, segment x tier counts and drops by reason."""
     key = plan.name.replace("_", "-")
-    verb = "would send" if summary["dry_run"] else "sent"
     lines = [
         f"# {plan.name} on {summary['as_of']}{' (dry run)' if summary['dry_run'] else ''}",
         "",
         f"- plan `{summary['plan_hash']}`, version {plan.version}, model `{summary['model_version'] or 'none'}`",
         f"- {summary['customers']:,} customers; {summary['audience']:,} in the audience;"
         f" {summary['unmatched']:,} matched no segment",
-        f"- touches {verb}: " + (", ".join(f"{ch} {n:,}" for ch, n in sorted(summary["touches"].items())) or "none"),
-        f"- already sent by an earlier run today: {summary['already_sent']:,}",
-        "- not touched: " + (", ".join(f"{r} {n:,}" for r, n in sorted(summary["dropped"].items())) or "none"),
-        f"- deferred until quiet hours end: {summary['deferred']:,}",
+        *("- " + line for line in outcome_lines(summary)),
     ]
-    for ch, where in sorted(summary["outboxes"].items()):
-        lines.append(f"- outbox `{ch}`: `{where}`")
+    measured = summary.get("measured")
+    if measured:
+        lines += ["", measured["markdown"]]
+    lines += ["", f"Full report: `lifecycle report {plan.name}`; one customer's decisions: "
+                  f"`lifecycle explain CUSTOMER_ID --playbook {plan.name}`"]
     create_markdown_artifact(markdown="\n".join(lines), key=f"{key}-summary", description="run summary")
     rows = [
-        {"segment": seg, "customers": n, **summary["segment_channel"].get(seg, {})}
+        {"segment": seg, "customers": n, **summary["segment_tier"].get(seg, {})}
         for seg, n in summary["segments"].items()
     ]
-    create_table_artifact(table=rows, key=f"{key}-segments", description="customers per segment and channel")
+    create_table_artifact(table=rows, key=f"{key}-segments", description="customers per segment and tier")
+    measured = summary.get("measured")
+    if measured and measured.get("table"):
+        create_table_artifact(table=measured["table"], key=f"{key}-effect",
+                              description="measured effect of recent runs: treated vs control, with intervals")
+    drops = [{"reason": r, "customers": n} for r, n in sorted(summary["dropped"].items(), key=lambda x: -x[1])]
+    create_table_artifact(table=drops or [{"reason": "none", "customers": 0}], key=f"{key}-drops",
+                          description="customers not touched, by reason")
 
 
-def run_plan(plan: Plan, playbook_path: str, as_of: dt.date, *, dry_run: bool, model_version: str | None) -> dict:
+def run_plan(plan: Plan, playbook_path: str, as_of: dt.date, *, dry_run: bool, model_version: str | None,
+             window: tuple[dt.datetime, dt.datetime] | None = None) -> dict:
     """Run one playbook in this process (Prefect's ephemeral mode unless PREFECT_API_URL is set)."""
     run_tags = [f"playbook:{plan.name}", f"plan:{plan.plan_hash}"]
     if model_version:
@@ -95,5 +185,8 @@ def run_plan(plan: Plan, playbook_path: str, as_of: dt.date, *, dry_run: bool, m
     if dry_run:
         run_tags.append("dry-run")
     named = playbook_flow.with_options(name=plan.name, flow_run_name=f"{plan.name}-{as_of.isoformat()}")
+    if window:
+        run_tags.append(f"trigger:{plan.trigger.event if plan.trigger else 'none'}")
+    extra = {"window_start": window[0].isoformat(), "window_end": window[1].isoformat()} if window else {}
     with tags(*run_tags):
-        return named(playbook=playbook_path, as_of=as_of.isoformat(), dry_run=dry_run)
+        return named(playbook=playbook_path, as_of=as_of.isoformat(), dry_run=dry_run, **extra)

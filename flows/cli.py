@@ -80,26 +80,69 @@ def parser() -> argparse.ArgumentParser:
     from flows.modelcmds import add_arguments  # train / score / backtest, and `data import`
 
     add_arguments(model, data, common, _date, _positive)
+    from flows.reportcmd import add_arguments as add_report  # `lifecycle report PLAYBOOK`
+
+    add_report(sub, common, _date)
+    from flows import kpicmd  # `lifecycle kpis`
+
+    kpicmd.add_arguments(sub, common, _date)
+    from flows import explain  # `lifecycle explain CUSTOMER_ID`
+
+    explain.add_arguments(sub, common, _date)
+    from flows import upliftcmd  # `lifecycle uplift PLAYBOOK`
+
+    upliftcmd.add_arguments(sub, common, _date)
 
     db = sub.add_parser("db", help="the warehouse schema").add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db.add_parser("upgrade", parents=[common], help="create the tables or apply pending migrations")
     db.add_parser("status", parents=[common], help="show the warehouse URL, schema revision and row counts")
 
+    deliver = sub.add_parser("deliver", parents=[common], help="send deferred touches whose quiet hours are over "
+                             "(schedule it hourly; each playbook run also does it for itself)")
+    deliver.add_argument("--playbook", metavar="NAME", help="only this playbook's touches (default: all)")
+
+    events = sub.add_parser("events", help="event-triggered playbooks").add_subparsers(
+        dest="events_command", required=True, metavar="ACTION")
+    relay = events.add_parser("relay", parents=[common], help="hand new trigger events to their playbooks "
+                              "(Prefect events for deployment triggers, or runs here without a server)")
+    relay.add_argument("playbooks", nargs="*", metavar="PATHS",
+                       help="playbooks to consider (default: every shipped one)")
+    relay.add_argument("--mode", choices=["emit", "run"], help="emit Prefect events (default with PREFECT_API_URL) "
+                       "or run the triggered playbooks in this process (default without)")
+    relay.add_argument("--every", type=_positive, metavar="SECONDS", help="keep relaying at this interval")
     sub.add_parser("ui", help="start the Prefect UI on http://127.0.0.1:4200 to look at runs")
+    from flows.deploycmd import add_arguments as add_deploy  # `lifecycle deploy`
+
+    add_deploy(sub)
     return top
+
+
+def _relay(args: argparse.Namespace) -> int:
+    from flows.relay import relay_cmd  # imports Prefect: only when relaying
+
+    return relay_cmd(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     _prefect_defaults()
     args = parser().parse_args(argv)
     try:
-        from flows import commands, modelcmds
+        from flows import commands, deploycmd, modelcmds
+        from flows import reportcmd
+        from flows import kpicmd
+        from flows import explain
+        from flows import upliftcmd
 
         handler = {
             "demo": commands.demo, "run": commands.run, "check": commands.check, "ui": commands.ui,
-            "plan": commands.plan_cmd, "compile": commands.compile_cmd,
+            "plan": commands.plan_cmd, "compile": commands.compile_cmd, "deliver": commands.deliver,
+            "deploy": deploycmd.deploy_cmd, "events": _relay,
             "data": modelcmds.data,
             "model": modelcmds.model,
+            "report": reportcmd.report,
+            "kpis": kpicmd.kpis,
+            "explain": explain.explain_cmd,
+            "uplift": upliftcmd.uplift_cmd,
             "db": lambda a: commands.db_upgrade(a) if a.db_command == "upgrade" else commands.db_status(a),
         }[args.command]
         return handler(args) or 0

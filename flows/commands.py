@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 
 from flows.compiler import compile_file
 from flows.plan import Plan
+from flows.summary import format_counts, format_summary
 from infra.errors import UsageError, WarehouseError
 from infra.settings import SHIPPED_PLAYBOOKS, ProjectConfig, load_config, resolve_db_url
 from infra.warehouse import schema
@@ -129,7 +130,7 @@ def plan_cmd(args: argparse.Namespace) -> int:
     plan = compile_file(path, load_config(args.config))
     config, url, engine = _context(args)
     model = _prepare_run(plan, engine)
-    report = preview(plan, engine, args.as_of or _today(), model)
+    report = preview(plan, engine, args.as_of or _today(), model, control=config.control_group)
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.format == "json" else format_preview(report))
     return 0
 
@@ -137,6 +138,10 @@ def plan_cmd(args: argparse.Namespace) -> int:
 def _prepare_run(plan: Plan, engine: Engine):
     """Everything that can be wrong before a flow starts, reported as one clear line."""
     require_customers(engine)
+    if "uplift_score" in plan.features:  # a rule gates on predicted uplift: its model must exist
+        from tasks.uplift import for_plan
+
+        for_plan(engine, plan)
     if plan.model:
         from models import registry
 
@@ -158,9 +163,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def deliver(args: argparse.Namespace) -> int:
+    """Deferred touches that are due go out now (through a Prefect flow run, like every send)."""
+    config, url, engine = _context(args)
+    require_customers(engine)
+    from flows.build import deliver_flow
+
+    result = deliver_flow(playbook=args.playbook)
+    print(f"deferred touches due: sent {format_counts(result['sent'])}; dropped {format_counts(result['dropped'])}; "
+          f"failed {format_counts(result['failed'])}")
+    return 0
+
+
 # ---- demo --------------------------------------------------------------------------------------
 
 def demo(args: argparse.Namespace) -> int:
+    """Generate a world (if empty), train, run every shipped playbook a month before the data ends, let the
+    world answer back over that month (simulated responses) and report what each playbook caused."""
     config, url, engine = _context(args, create=True)
     upgrade(engine)
     print(f"warehouse: {display_url(url)}")
@@ -170,7 +189,10 @@ def demo(args: argparse.Namespace) -> int:
         _generate(engine, args.customers, 730, args.seed, _today())
     else:
         print(f"world: keeping the {n:,} customers already in the warehouse")
-    as_of = _last_activity(engine)
+    last = _last_activity(engine)
+    from flows.reportcmd import DEMO_RESPONSE_DAYS, demo_measure
+
+    as_of = last - dt.timedelta(days=DEMO_RESPONSE_DAYS)  # the month after the runs shows what they caused
     from models import registry
 
     model = registry.latest(engine)
@@ -190,6 +212,10 @@ def demo(args: argparse.Namespace) -> int:
     for summary in summaries:
         print(format_summary(summary))
         print()
+    for line in demo_measure(engine, config, [p for p, _ in plans], as_of, args.seed,
+                             until=dt.datetime.combine(last, dt.time())):
+        print(line)
+    print()
     print(_ui_hint(summaries))
     return 0
 
@@ -197,11 +223,11 @@ def demo(args: argparse.Namespace) -> int:
 # ---- data / model / db -------------------------------------------------------------------------
 
 def _generate(engine: Engine, customers: int, days: int, seed: int, end: dt.date) -> None:
-    from infra.demoworld import generate_world, write_world
+    from infra.demoworld import iter_world, load_world
 
     started = time.perf_counter()
-    world = generate_world(customers, days=days, seed=seed, end=end)
-    counts = write_world(engine, world)
+    # streamed chunk by chunk: memory stays flat however many customers
+    counts = load_world(engine, iter_world(customers, days=days, seed=seed, end=end))
     took = time.perf_counter() - started
     print(f"world: {counts['customers']:,} customers, {counts['orders']:,} orders, {counts['events']:,} events, "
           f"{counts['consents']:,} consents over {days} days to {end} (seed {seed}, {took:.1f} s)")
@@ -256,33 +282,6 @@ def ui(args: argparse.Namespace) -> int:
 
 
 # ---- output ------------------------------------------------------------------------------------
-
-def format_summary(s: dict) -> str:
-    """A run summary a person can read in the terminal."""
-    title = f"{s['playbook']} v{s['version']} as of {s['as_of']}" + ("  (dry run: nothing written or sent)" if s["dry_run"] else "")
-    lines = [title, f"  {s['customers']:,} customers, {s['audience']:,} in the audience, "
-                    f"{s['unmatched']:,} in no segment; plan {s['plan_hash']}, model {s['model_version'] or 'none'}"]
-    channels = sorted({ch for per in s["segment_channel"].values() for ch in per})
-    width = max([len(k) for k in s["segments"]] + [9])
-    lines.append("  " + f"{'segment':<{width}}  {'customers':>9}" + "".join(f"  {c:>8}" for c in channels))
-    for seg, n in s["segments"].items():
-        per = s["segment_channel"].get(seg, {})
-        lines.append("  " + f"{seg:<{width}}  {n:>9,}" + "".join(f"  {per.get(c, 0):>8,}" for c in channels))
-    verb = "would send" if s["dry_run"] else "sent"
-    lines.append(f"  touches {verb}: " + (", ".join(f"{c} {n:,}" for c, n in sorted(s["touches"].items())) or "none"))
-    if s["already_sent"]:
-        lines.append(f"  already sent earlier for this date (not repeated): {s['already_sent']:,}")
-    if s["dropped"]:
-        lines.append("  not touched: " + ", ".join(f"{r} {n:,}" for r, n in sorted(s["dropped"].items())))
-    if s.get("deferred"):
-        lines.append(f"  deferred until quiet hours end: {s['deferred']:,}")
-    for ch, where in sorted(s["outboxes"].items()):
-        lines.append(f"  outbox {ch}: {where}")
-    for p in s.get("previews", [])[:4]:
-        subject = f"[{p['subject']}] " if p.get("subject") else ""
-        lines.append(f"  preview {p['segment']}/tier {p['tier'] + 1}: {subject}{p['body'][:140]!r}")
-    return "\n".join(lines)
-
 
 def _ui_hint(summaries: list[dict]) -> str:
     runs = "\n".join(f"  {s['flow_run_name']}: http://127.0.0.1:4200/runs/flow-run/{s['flow_run_id']}" for s in summaries)

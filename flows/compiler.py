@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from flows import lint
 from flows.expr import ExprError, compile_expr, features_used
 from flows.plan import (Budget, Experiment, FollowUpPlan, FrequencyCap, Goal, Guardrails, OfferPlan, Plan,
-                        QuietHours, Schedule, SegmentPlan, TierPlan, Trigger, VariantPlan)
+                        QuietHours, Reentry, Schedule, SegmentPlan, TierPlan, Trigger, VariantPlan)
 from flows.schema import OfferSpec, PlaybookSpec, TierSpec, allowed_keys
 from infra.errors import AuthorError
 from infra.settings import CONSENT_CHANNELS, EVENT_TYPES, MODELS, ProjectConfig
@@ -127,7 +127,8 @@ class _Compilation:
         segments = self.segments()
         follow_ups = self.follow_ups({s.name for s in spec.segments})
         plan_parts = dict(schedule=self.schedule(), trigger=self.event_of(("trigger",), spec.trigger, Trigger),
-                          guardrails=self.guardrails(), experiment=self.experiment(), goal=self.goal())
+                          guardrails=self.guardrails(), experiment=self.experiment(), goal=self.goal(),
+                          reentry=self.reentry())
         if self.problems:
             raise PlaybookError(self.problems, self.doc.path)
         if spec.model != "none":
@@ -153,6 +154,14 @@ class _Compilation:
         if "churn_score" in names and self.spec.model == "none":
             self.problem(key, "this rule uses churn_score but the playbook has `model: none`",
                          "set `model: churn` or drop churn_score from the rule", code="L142")
+        if "uplift_score" in names and key[0] not in ("audience", "segments"):
+            self.problem(key, "uplift_score can only be used in the audience and segment rules",
+                         "follow-ups are decided later, without the uplift model: gate the main step on it instead",
+                         code="L144")
+        elif "uplift_score" in names and self.spec.goal is None:
+            self.problem(key, "this rule uses uplift_score but the playbook has no `goal`",
+                         "uplift is the change a touch makes to the goal: add `goal: {event: order.placed, "
+                         "window_days: 14}`, then train the model with `lifecycle uplift NAME`", code="L144")
         self.used.update(names)
         return tree
 
@@ -390,6 +399,16 @@ class _Compilation:
                 for k, v in enumerate(t.variants or []):
                     if v.offer:
                         yield (part, i, "tiers", j, "variants", k, "offer"), v.offer
+
+    def reentry(self) -> Reentry:
+        r = self.spec.reentry
+        if r.mode == "after" and r.days is None:
+            self.problem(("reentry",), "re-entry `after` needs `days`",
+                         "say how long after their last entry a customer may enter again, e.g. days: 30", code="L155")
+        if r.mode != "after" and r.days is not None:
+            self.problem(("reentry", "days"), f"`days` only applies to mode: after (this is mode: {r.mode})",
+                         "set mode: after, or remove days", code="L155")
+        return Reentry(mode=r.mode, days=r.days if r.mode == "after" else None)
 
     def experiment(self) -> Experiment | None:
         e = self.spec.experiment

@@ -122,6 +122,13 @@ class Trigger(_Frozen):
     event: str
 
 
+class Reentry(_Frozen):
+    """When a customer may enter this playbook again: never (`once`), `days` after their last entry, or each run."""
+
+    mode: Literal["once", "after", "every_time"] = "every_time"
+    days: int | None = None
+
+
 class Plan(_Frozen):
     name: str
     description: str
@@ -136,6 +143,7 @@ class Plan(_Frozen):
     audience_text: str | None
     segments: tuple[SegmentPlan, ...]
     follow_ups: tuple[FollowUpPlan, ...] = ()
+    reentry: Reentry = Reentry()
     guardrails: Guardrails = Guardrails()
     experiment: Experiment | None = None
     goal: Goal | None = None

@@ -18,8 +18,10 @@ from tasks.allocate import allocate_frame
 from tasks.dispatch import ledger_status, render_messages, touch_keys
 from tasks.extract import extract_all
 from tasks.features import build_features
+from infra.warehouse.bulk import utcnow
 from tasks.guardrails import send_instant
 from tasks.score import add_reasons, score_frame
+from tasks.uplift import add_uplift, for_plan
 from tasks.segment import assign_segments
 
 SAMPLES = 3  # rendered messages per tier
@@ -31,11 +33,17 @@ def mask(value: Any) -> str:
     return text[:3] + "****" + text[-2:] if len(text) > 6 else "****"
 
 
-def preview(plan: Plan, engine: Engine, as_of: dt.date, model: Any = None) -> dict[str, Any]:
-    """Counts per segment and tier, costs, drops by reason and masked sample messages, as plain data."""
+def preview(plan: Plan, engine: Engine, as_of: dt.date, model: Any = None, *, control: Any = None) -> dict[str, Any]:
+    """Counts per segment and tier, costs, drops by reason and masked sample messages, as plain data.
+
+    `control` is the project's global control group (lifecycle.yaml), held out as the real run would.
+    """
     scored = score_frame(build_features(extract_all(engine, as_of)), model)
+    uplift_model = for_plan(engine, plan)
+    if uplift_model is not None:
+        scored = add_uplift(scored, uplift_model)
     selected, counts = assign_segments(scored, plan, as_of)
-    allocated = allocate_frame(selected, plan, as_of, engine)
+    allocated = allocate_frame(selected, plan, as_of, engine, control=control)
     allocated["touch_key"] = touch_keys(plan, allocated.index, as_of)
     allocated["status"] = ledger_status(allocated)
     planned = allocated[allocated["status"].isin(["planned", "deferred"])]
@@ -55,7 +63,7 @@ def preview(plan: Plan, engine: Engine, as_of: dt.date, model: Any = None) -> di
     budget = plan.guardrails.budget
     return {
         "playbook": plan.name, "version": plan.version, "plan_hash": plan.plan_hash, "as_of": as_of.isoformat(),
-        "model_version": getattr(model, "version", None), "send_at": send_instant(plan, as_of).isoformat(),
+        "model_version": getattr(model, "version", None), "send_at": send_instant(plan, as_of, utcnow().replace(tzinfo=dt.UTC)).isoformat(),
         **counts,
         "tiers": tiers,
         "dropped": {str(k): int(v) for k, v in not_sent["reason"].value_counts().items()},

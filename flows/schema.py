@@ -104,6 +104,12 @@ class TriggerSpec(_Spec):
     event: str
 
 
+class ReentrySpec(_Spec):
+    mode: Literal["once", "after", "every_time"] = Field(
+        "every_time", description="once: never again; after: `days` after the last entry; every_time: each run")
+    days: int | None = Field(None, ge=1, le=3650, description="with mode: after")
+
+
 class PlaybookSpec(_Spec):
     """The authored shape of a playbook, before anything is resolved."""
 
@@ -118,6 +124,7 @@ class PlaybookSpec(_Spec):
     audience: str | None = None
     segments: list[SegmentSpec] = Field(min_length=1)
     follow_up: list[FollowUpSpec] = Field(default_factory=list)
+    reentry: ReentrySpec = ReentrySpec()
     guardrails: GuardrailsSpec = GuardrailsSpec()
     experiment: ExperimentSpec | None = None
     goal: GoalSpec | None = None

@@ -23,11 +23,13 @@ Playbook problems, one stable code per kind (each printed as `path:line:col: err
     L110 expression syntax/type    L130 unknown channel           L141 segment can never match
     L111 unknown feature           L131 channel nobody consents   L142 churn_score without a model
                                    L132 template file missing     L143 template needs an offer
-                                   L133 template syntax           L150 splits do not add up to 100
+                                   L133 template syntax           L144 uplift_score misused
+                                                                  L150 splits do not add up to 100
                                                                   L151 invalid cron
                                                                   L152 unknown timezone
                                                                   L153 unknown event type
                                                                   L154 invalid time of day
+                                                                  L155 re-entry mode and days disagree
 
 Config, command line, run:
 
@@ -36,14 +38,21 @@ Config, command line, run:
     L203 config not a mapping      L303 playbook not found        L403 schema revision unknown
     L204 config key/value wrong    L320 CSV rows or header wrong  L404 tables without migrations
     L205 channel type unavailable  L321 CSV file not found        L405 no lifecycle tables yet
-                                   L322 --map not SOURCE=TARGET   L406 customers unreadable
-                                   L323 --customers/--events      L407 no customers
-                                        without --orders          L408 no orders
-                                   L324 no orders at all          L410 generate into non-empty
+    L206 PREFECT_API_URL not set   L322 --map not SOURCE=TARGET   L406 customers unreadable
+    L207 Prefect server down       L323 --customers/--events      L407 no customers
+    L208 server refused deployment      without --orders          L408 no orders
+    L209 Secret block missing      L324 no orders at all          L410 generate into non-empty
+    L210 name of a system flow     L330 no touches to report on
+                                   L331 playbook has no goal
+                                   L332 --from after --to
+                                   L340 unknown customer id
     L501 no trained model          L505 too little history        L601 template failed to render
     L502 feature table incomplete  L506 BG/NBD cannot be fitted
     L503 model artifact damaged    L507 drift over the stop level
-    L504 features do not match     L508 no model artifact there
+    L504 features do not match     L508 no model artifact there   L602 channel provider down
+                                   L509 too little randomised history for uplift
+                                                                  L603 a run step failed; its
+                                                                       dependents were skipped
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Allocate: give each selected customer the first tier of their segment they are eligible for.
 
-First the playbook-wide guardrails: the holdout (`holdout`), the suppression list for every channel
+First the playbook-wide guardrails: the global control group of lifecycle.yaml (`global_control`, marketing
+playbooks only), the holdout (`holdout`), the suppression list for every channel
 (`suppressed`: complaints, hard bounces, manual blocks), the frequency cap across playbooks
 (`frequency_cap`) and quiet hours in the customer's timezone (`quiet_hours`: dropped, or kept and
 deferred). Then, tier by tier in order, a customer is eligible when they consented to the tier's
@@ -9,7 +10,9 @@ suppressed on that channel, the tier's
 daily capacity is not used up and the playbook's budget still covers the offer; otherwise they fall
 through to the next tier. Capacity and budget go to the highest churn score first. A customer
 eligible for no tier is dropped with the reason that stopped them last (`no_consent`, `suppressed`,
-`capacity`, `budget`), recorded in the ledger like every other decision.
+`capacity`, `budget`), recorded in the ledger like every other decision. `skipped` says, tier by
+tier, why the tiers before the chosen one passed a customer by ("0:capacity 1:no_consent"), and
+`due_at` when a deferred customer's quiet hours end (naive UTC).
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
 
 from flows.plan import Plan
+from infra.settings import ControlGroup
 from tasks import guardrails
 from infra.warehouse.bulk import chunks, utcnow
 from infra.warehouse.schema import consents, suppressions
 from tasks.extract import day_end
+from tasks.common import IO_RETRIES
 
 
 
@@ -67,7 +72,7 @@ def suppressed_for(engine: Engine, customer_ids: list[str]) -> set[tuple[str, st
 def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str, str]], *,
                  recent: pd.Series | None = None, send_at: dt.datetime | None = None,
                  suppressed: set[tuple[str, str | None]] | None = None,
-                 outranked_by: set[str] | None = None) -> pd.DataFrame:
+                 outranked_by: set[str] | None = None, control: ControlGroup | None = None) -> pd.DataFrame:
     """Columns tier (0-based, -1 when none), channel, variant, cost, deferred and reason, per customer."""
     out = selected.copy()
     n = len(out)
@@ -77,26 +82,32 @@ def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str
     variant = np.full(n, None, dtype=object)
     cost = np.zeros(n)
     reason = np.full(n, "no_consent", dtype=object)  # why a customer got no tier, if none
+    skipped = np.full(n, "", dtype=object)  # "0:capacity 1:no_consent": why each earlier tier passed them by
     active = np.ones(n, dtype=bool)
     suppressed = suppressed or set()
     blocked_all = np.fromiter(((cid, None) in suppressed for cid in ids), dtype=bool, count=n)
     rival = np.fromiter((cid in (outranked_by or ()) for cid in ids), dtype=bool, count=n)
-    for why, mask in (("holdout", guardrails.held_out(ids, plan)), ("suppressed", blocked_all),
+    for why, mask in (("global_control", guardrails.in_control_group(ids, plan, control)),
+                      ("holdout", guardrails.held_out(ids, plan)), ("suppressed", blocked_all),
                       ("priority", rival), ("frequency_cap", guardrails.over_cap(recent, out.index, plan))):
         reason[active & mask] = why
         active &= ~mask
     quiet = plan.guardrails.quiet_hours
     deferred = np.zeros(n, dtype=bool)
+    due_at = pd.Series(pd.NaT, index=out.index, dtype="datetime64[us]")
     if quiet is not None and send_at is not None and n:
-        mask = guardrails.in_quiet_hours(out.get("timezone", pd.Series("UTC", index=out.index)), send_at, quiet)
+        zones = out.get("timezone", pd.Series("UTC", index=out.index))
+        mask = guardrails.in_quiet_hours(zones, send_at, quiet)
         if quiet.action == "drop":
             reason[active & mask] = "quiet_hours"
             active &= ~mask
         else:
             deferred = mask
+            due_at = guardrails.quiet_ends(zones, send_at, quiet)
     budget = plan.guardrails.budget.amount if plan.guardrails.budget else np.inf
     rank = guardrails.priority_rank(out)
     segments = out["segment"].to_numpy()
+    cutoff: dict[tuple[str, int], float] = {}  # the last rank a tier took when capacity or budget ran out
     for seg in plan.segments:
         in_seg = active & (segments == seg.name)
         for i, t in enumerate(seg.tiers):
@@ -107,32 +118,68 @@ def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str
                              dtype=bool, count=len(open_))
             blocked = np.fromiter(((cid, t.consent_channel) in suppressed for cid in ids[open_]),
                                   dtype=bool, count=len(open_))
+            why = np.full(n, None, dtype=object)  # why this tier passed each customer by, for the trace
+            why[open_] = "no_consent"
+            why[open_[ok & blocked]] = "suppressed"
             reason[open_[ok & blocked]] = "suppressed"
             ok &= ~blocked
             cand = open_[ok]
             cand = cand[np.argsort(rank[cand], kind="stable")]
+            wanted = len(cand)
             if t.capacity is not None and len(cand) > t.capacity:
-                reason[cand[t.capacity:]] = "capacity"
+                reason[cand[t.capacity:]] = why[cand[t.capacity:]] = "capacity"
                 cand = cand[: t.capacity]
             arms = guardrails.pick_variants(ids[cand], plan, f"{seg.name}/{i}", t.variants)
             unit = {a: (t.arm(a).offer.unit_cost if t.arm(a).offer else 0.0) for a in set(arms)}
             costs = np.array([unit[a] for a in arms], dtype=float)
             fits = (np.cumsum(costs) <= budget) | (costs == 0)
-            reason[cand[~fits]] = "budget"
+            reason[cand[~fits]] = why[cand[~fits]] = "budget"
             take = cand[fits]
             budget -= costs[fits].sum()
             tier[take], channel[take], variant[take], cost[take] = i, t.channel, arms[fits], costs[fits]
+            cutoff[(seg.name, i)] = float(rank[take].max()) if len(take) < wanted and len(take) else \
+                (-1.0 if len(take) < wanted else np.inf)
+            passed = np.setdiff1d(open_, take, assume_unique=True)
+            skipped[passed] = skipped[passed] + f"{i}:" + why[passed] + " "
+    would = _would_be_tiers(out, plan, granted, suppressed, reason == "holdout", rank, cutoff)
     out["tier"] = tier
     out["channel"] = pd.Series(channel, index=out.index, dtype="string")
     out["variant"] = pd.Series(variant, index=out.index, dtype="string")
     out["cost"] = cost
     out["deferred"] = deferred & (tier >= 0)
+    out["due_at"] = due_at.where(out["deferred"])  # naive UTC: when quiet hours end for the customer
+    out["skipped"] = pd.Series(skipped, index=out.index, dtype=object).str.strip().replace("", None)
     out["reason"] = pd.Series(np.where(tier >= 0, None, reason), index=out.index, dtype="string")
     out.loc[out["deferred"], "reason"] = "quiet_hours"
-    return out
+    return out.join(would)
 
 
-def allocate_frame(selected: pd.DataFrame, plan: Plan, as_of: dt.date, engine: Engine) -> pd.DataFrame:
+def _would_be_tiers(out: pd.DataFrame, plan: Plan, granted: set, suppressed: set, held: np.ndarray,
+                    rank: np.ndarray, cutoff: dict[tuple[str, int], float]) -> pd.DataFrame:
+    """The tier, channel and variant each held-out customer would have got: the first tier they consented
+    to whose capacity and budget would have reached them (their churn-score rank within the rank the
+    treated customers reached there). The control group then matches each tier like for like."""
+    n = len(out)
+    ids = out.index.to_numpy()
+    tier = np.full(n, -1)
+    channel = np.full(n, None, dtype=object)
+    variant = np.full(n, None, dtype=object)
+    segments = out["segment"].to_numpy()
+    for seg in plan.segments:
+        for i, t in enumerate(seg.tiers):
+            open_ = np.flatnonzero(held & (segments == seg.name) & (tier == -1))
+            if not len(open_):
+                break
+            ok = np.fromiter((((cid, t.consent_channel, t.purpose) in granted and (cid, t.consent_channel)
+                               not in suppressed) for cid in ids[open_]), dtype=bool, count=len(open_))
+            take = open_[ok & (rank[open_] <= cutoff.get((seg.name, i), np.inf))]
+            tier[take], channel[take] = i, t.channel
+            variant[take] = guardrails.pick_variants(ids[take], plan, f"{seg.name}/{i}", t.variants)
+    return pd.DataFrame({"would_tier": tier, "would_channel": channel, "would_variant": variant}, index=out.index)
+
+
+def allocate_frame(selected: pd.DataFrame, plan: Plan, as_of: dt.date, engine: Engine, *,
+                   control: ControlGroup | None = None) -> pd.DataFrame:
     """Read consents and recent sends for the selected customers, then choose their tiers."""
     ids = list(selected.index)
     pairs = {(t.consent_channel, t.purpose) for s in plan.segments for t in s.tiers}
@@ -141,13 +188,14 @@ def allocate_frame(selected: pd.DataFrame, plan: Plan, as_of: dt.date, engine: E
     blocked = suppressed_for(engine, ids) if ids else set()
     keep_off, take_over = guardrails.outranked(guardrails.same_day_rivals(engine, ids, plan, as_of), plan) \
         if ids else (set(), {})
-    out = choose_tiers(selected, plan, granted, recent=recent, send_at=guardrails.send_instant(plan, as_of),
-                       suppressed=blocked, outranked_by=keep_off)
+    out = choose_tiers(selected, plan, granted, recent=recent, send_at=guardrails.send_instant(plan, as_of, utcnow().replace(tzinfo=dt.UTC)),
+                       suppressed=blocked, outranked_by=keep_off, control=control)
     # lower-priority touches of other playbooks that dispatch cancels before sending ours
     out["takes_over"] = pd.Series([take_over.get(c) for c in out.index], index=out.index, dtype=object)
     return out
 
 
-@task(name="allocate", cache_policy=NO_CACHE)
-def allocate(selected: pd.DataFrame, plan: Plan, as_of: dt.date, engine: Engine) -> pd.DataFrame:
-    return allocate_frame(selected, plan, as_of, engine)
+@task(name="allocate", cache_policy=NO_CACHE, **IO_RETRIES)
+def allocate(selected: pd.DataFrame, plan: Plan, as_of: dt.date, engine: Engine, *,
+             control: ControlGroup | None = None) -> pd.DataFrame:
+    return allocate_frame(selected, plan, as_of, engine, control=control)

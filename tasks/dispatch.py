@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +39,7 @@ from tasks import claims
 from tasks.channels import open_channel
 from tasks.claims import crash_point
 from tasks.render import coupon_code, render_batch, unsubscribe_url
+from tasks.common import IO_RETRIES
 
 BATCH = 5_000
 STEP = "main"
@@ -55,6 +58,9 @@ class DispatchResult:
     failed: dict[str, int] = field(default_factory=dict)  # dead-lettered: provider reason -> touches
     retried: int = 0  # provider calls repeated after a timeout, 5xx or 429
     claimed_elsewhere: int = 0  # planned keys a concurrent run was delivering
+    progress_id: object | None = None  # the flow run's progress artifact, when there is one
+    segment_tier: dict[str, dict[str, int]] = field(default_factory=dict)  # segment -> "1 sms" -> touches
+    offer_cost: float = 0.0  # coupon unit cost committed by the planned and deferred touches
 
 
 def touch_keys(plan: Plan, customer_ids: pd.Index, as_of: dt.date, step: str = STEP) -> np.ndarray:
@@ -76,7 +82,7 @@ def _message_rows(frame: pd.DataFrame, plan: Plan, offer) -> list[dict]:
     return rows
 
 
-def render_messages(frame: pd.DataFrame, plan: Plan) -> pd.DataFrame:
+def render_messages(frame: pd.DataFrame, plan: Plan, step: str = STEP) -> pd.DataFrame:
     """Rendered subject/body for each allocated row (grouped by segment, tier and variant: one template each)."""
     parts = []
     variants = frame["variant"] if "variant" in frame else pd.Series(pd.NA, index=frame.index, dtype="string")
@@ -94,7 +100,7 @@ def render_messages(frame: pd.DataFrame, plan: Plan) -> pd.DataFrame:
                            else [None] * len(rows))
                 parts.append(pd.DataFrame({
                     "touch_key": group["touch_key"].to_numpy(), "customer_id": group.index.to_numpy(),
-                    "playbook": plan.name, "step": STEP, "segment": seg.name, "tier": i, "variant": arm_name,
+                    "playbook": plan.name, "step": step, "segment": seg.name, "tier": i, "variant": arm_name,
                     "channel": tier.channel, "template": arm.template, "subject": subject, "body": body,
                     "html": arm.html, "offer": [r.get("offer") for r in rows],
                     "unsubscribe_url": [r["unsubscribe_url"] for r in rows],
@@ -109,16 +115,18 @@ def ledger_status(frame: pd.DataFrame) -> np.ndarray:
     """The ledger status of each allocated row."""
     tier = frame["tier"].to_numpy()
     deferred = frame["deferred"].to_numpy(dtype=bool) if "deferred" in frame else np.zeros(len(frame), dtype=bool)
-    held = (frame["reason"] == "holdout").fillna(False).to_numpy(dtype=bool)
+    held = frame["reason"].isin(["holdout", "global_control"]).fillna(False).to_numpy(dtype=bool)
     return np.select([(tier >= 0) & ~deferred, deferred, held], ["planned", "deferred", "held_out"], "dropped")
 
 
 def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engine: Engine,
                    config: ProjectConfig, run_id: str | None, model_version: str | None,
-                   dry_run: bool) -> DispatchResult:
+                   dry_run: bool, step: str = STEP, window: dt.date | None = None,
+                   plan_hash: str | None = None) -> DispatchResult:
+    """Ledger, then delivery, for one step: `main`, or a follow-up (keyed by the journey's entry day, `window`)."""
     result = DispatchResult()
     frame = allocated.copy()
-    frame["touch_key"] = touch_keys(plan, frame.index, as_of)
+    frame["touch_key"] = touch_keys(plan, frame.index, window or as_of, step)
     if "variant" not in frame:
         frame["variant"] = pd.Series(pd.NA, index=frame.index, dtype="string")
     templates = {(s.name, i, v): t.arm(v).template for s in plan.segments for i, t in enumerate(s.tiers)
@@ -134,13 +142,19 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
         seg: {str(ch): int(n) for ch, n in grp["channel"].value_counts().items()}
         for seg, grp in planned.groupby("segment")
     }
+    touched = frame[frame["status"].isin(["planned", "deferred"])]
+    result.segment_tier = {
+        seg: {f"tier {t + 1} {ch}": int(n) for (t, ch), n in grp.groupby(["tier", "channel"]).size().items()}
+        for seg, grp in touched.groupby("segment")
+    }
+    result.offer_cost = float(pd.to_numeric(_column(touched, "cost", 0.0), errors="coerce").fillna(0).sum())
     if dry_run:
         result.sent = {str(k): int(v) for k, v in planned["channel"].value_counts().items()}
-        preview = render_messages(planned.groupby(["segment", "tier"]).head(2), plan)
+        preview = render_messages(planned.groupby(["segment", "tier"]).head(2), plan, step)
         result.previews = preview[["segment", "tier", "variant", "template", "subject", "body"]].to_dict("records")
         return result
 
-    status = _ledger_status(engine, plan, as_of)
+    status = _ledger_status(engine, list(frame["touch_key"]))
     now = utcnow()
     lost = _take_over(engine, frame[frame["status"].isin(["planned", "deferred"])], now)
     if lost:  # a rival touch we outrank was delivered or claimed meanwhile: it stands, ours goes
@@ -151,14 +165,17 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
     new = frame[~frame["touch_key"].isin(status)]
     ledger = pd.DataFrame({
         "touch_key": new["touch_key"].to_numpy(), "run_id": run_id, "playbook": plan.name,
-        "playbook_version": plan.version, "plan_hash": plan.plan_hash, "step": STEP, "as_of": as_of,
+        "playbook_version": plan.version, "plan_hash": plan_hash or plan.plan_hash, "step": step, "as_of": as_of,
         "customer_id": new.index.to_numpy(), "segment": new["segment"].to_numpy(),
-        "tier": new["tier"].to_numpy(), "channel": new["channel"].astype(object).to_numpy(),
-        "template": new["template"].to_numpy(), "variant": _nullable(new["variant"]),
+        **_recorded_tier(new), "template": new["template"].to_numpy(),
         "score": pd.to_numeric(new["churn_score"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan),
         "model_version": model_version,
         "status": new["status"].to_numpy(), "priority": plan.guardrails.priority,
         "reason": _nullable(new["reason"]), "created_at": now, "updated_at": now,
+        "cost": _column(new, "cost", np.nan).astype("float64").where(new["tier"].to_numpy() >= 0).to_numpy(),
+        "skipped": _nullable(_column(new, "skipped", None)),
+        "due_at": _column(new, "due_at", pd.NaT).where(new["status"].to_numpy() == "deferred").to_numpy(),
+        "payload": deferred_payloads(new[new["status"] == "deferred"], plan, step).reindex(new.index).to_numpy(),
     })
     ledger["tier"] = ledger["tier"].astype("Int64").where(ledger["tier"] >= 0)
     claims.insert_absent(engine, ledger)  # a concurrent run may have written some of these keys first
@@ -167,7 +184,23 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
     already = pd.Series([status.get(k, "planned") for k in planned["touch_key"]], index=planned.index, dtype=object)
     result.already_sent = int((already == "sent").sum())
     todo = planned[already.to_numpy() == "planned"]
+    result.progress_id = start_progress(plan, len(todo))
+    deliver(engine, config, todo, lambda batch: render_messages(batch, plan, step), result,
+            f"{plan.name} {step} on {as_of}")
+    log_summary(plan, result)
+    return result
+
+
+def deliver(engine: Engine, config: ProjectConfig, todo: pd.DataFrame,
+            render: Callable[[pd.DataFrame], pd.DataFrame], result: DispatchResult, what: str) -> None:
+    """Claim, send and mark `todo` (rows with touch_key and channel), channel by channel, batch by batch.
+
+    Shared by dispatch and the delivery of deferred touches. A provider that is down stops with L602
+    and leaves the undelivered keys planned (unclaimed) for the rerun.
+    """
     token = claims.new_token()
+    total = len(todo)
+    done = 0
     for channel_name, group in todo.groupby("channel"):
         channel = open_channel(str(channel_name), config.channel(str(channel_name)), engine)
         result.outboxes[str(channel_name)] = channel.location
@@ -177,10 +210,10 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
             mine = claims.claim(engine, list(batch["touch_key"]), token)
             result.claimed_elsewhere += len(batch) - len(mine)
             crash_point("claimed")
+            done += len(batch)
             if not mine:
                 continue
-            messages = render_messages(batch[batch["touch_key"].isin(mine)], plan)
-            delivery = channel.send_batch(messages)
+            delivery = channel.send_batch(render(batch[batch["touch_key"].isin(mine)]))
             crash_point("delivered")
             claims.finish(engine, token, delivery)
             crash_point("marked")
@@ -188,18 +221,86 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
             result.retried += delivery.retried
             for why, n in delivery.failed_reasons().items():
                 result.failed[why] = result.failed.get(why, 0) + n
+            progress(result, done, total)
             if delivery.undelivered:
-                result.sent[str(channel_name)] = sent
-                log_summary(plan, result)
+                result.sent[str(channel_name)] = result.sent.get(str(channel_name), 0) + sent
+                log.info("dispatch %s: %s", what, counts_line(result))
                 raise DispatchError(
-                    f"channel {channel_name} is failing: {delivery.error}; {plan.name} on {as_of}: "
+                    f"channel {channel_name} is failing: {delivery.error}; {what}: "
                     f"{sent:,} sent, {sum(result.failed.values()):,} failed, "
                     f"{len(delivery.undelivered) + len(group) - start - len(batch):,} not delivered (left planned)",
                     hint="check the provider, then rerun the same playbook and as-of date: "
                          "the ledger delivers only what is still planned", code="L602")
-        result.sent[str(channel_name)] = sent
-    log_summary(plan, result)
-    return result
+        result.sent[str(channel_name)] = result.sent.get(str(channel_name), 0) + sent
+
+
+def start_progress(plan: Plan, total: int):
+    """A progress artifact on the flow run for a long dispatch; None outside a flow run or for a small one."""
+    if total < BATCH:
+        return None
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+        return None
+    from prefect.artifacts import create_progress_artifact
+
+    return create_progress_artifact(0.0, key=f"{plan.name.replace('_', '-')}-dispatch",
+                                    description=f"{plan.name}: share of {total:,} touches handled")
+
+
+def progress(result: DispatchResult, done: int, total: int) -> None:
+    """Keep the flow run's progress artifact current during long dispatches (no-op outside a flow run)."""
+    if result.progress_id is None or not total:
+        return
+    try:
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(result.progress_id, progress=100.0 * done / total)
+    except Exception:  # progress is a courtesy: never let it fail a delivery
+        log.debug("progress artifact not updated", exc_info=True)
+
+
+def deferred_payloads(frame: pd.DataFrame, plan: Plan, step: str = STEP) -> pd.Series:
+    """JSON per deferred touch: its rendered message plus what to check again when it is due.
+
+    Rendering now means the customer gets what was decided, even if the playbook changes meanwhile.
+    """
+    if frame.empty:
+        return pd.Series(dtype=object)
+    messages = render_messages(frame, plan, step).set_index("customer_id", drop=False)
+    cap = plan.guardrails.frequency_cap
+    quiet = plan.guardrails.quiet_hours
+    out = {}
+    for cid, msg in zip(messages.index, records_of(messages)):
+        tier = plan.tier(msg["segment"], int(msg["tier"]))
+        out[cid] = json.dumps({
+            "message": msg, "consent": [tier.consent_channel, tier.purpose],
+            "cap": cap.model_dump() if cap else None, "quiet": quiet.model_dump() if quiet else None,
+            "timezone": frame.at[cid, "timezone"] if "timezone" in frame else None,
+        }, default=str, ensure_ascii=False)
+    return pd.Series(out, dtype=object)
+
+
+def records_of(frame: pd.DataFrame) -> list[dict]:
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
+def _column(frame: pd.DataFrame, name: str, default) -> pd.Series:
+    return frame[name] if name in frame else pd.Series(default, index=frame.index)
+
+
+def _recorded_tier(new: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Tier, channel and variant for the ledger: the chosen ones, and for held-out customers the ones
+    they would have had (so tier-level lift compares like with like)."""
+    tier = new["tier"].to_numpy().copy()
+    channel = new["channel"].astype(object).to_numpy().copy()
+    variant = _nullable(new["variant"]).copy()
+    if "would_tier" in new:
+        held = (new["status"] == "held_out").to_numpy() & (new["would_tier"].to_numpy() >= 0)
+        tier[held] = new["would_tier"].to_numpy()[held]
+        channel[held] = new["would_channel"].to_numpy()[held]
+        variant[held] = _nullable(new["would_variant"])[held]
+    return {"tier": tier, "channel": np.where(pd.isna(channel), None, channel), "variant": variant}
 
 
 def _nullable(column: pd.Series) -> np.ndarray:
@@ -229,24 +330,30 @@ def _take_over(engine: Engine, frame: pd.DataFrame, now: dt.datetime) -> set[str
     return {c for c, ks in wanted.items() if not set(ks) <= cancelled}
 
 
-def _ledger_status(engine: Engine, plan: Plan, as_of: dt.date) -> dict[str, str]:
+def _ledger_status(engine: Engine, keys: list[str]) -> dict[str, str]:
+    """The ledger status of those keys already written (by an earlier or a concurrent run)."""
     t = touches.c
+    found: dict[str, str] = {}
     with engine.connect() as conn:
-        rows = conn.execute(select(t.touch_key, t.status).where(
-            t.playbook == plan.name, t.as_of == as_of, t.step == STEP))
-        return {k: s for k, s in rows}
+        for part in chunks(keys):
+            found.update(conn.execute(select(t.touch_key, t.status).where(t.touch_key.in_(part))).all())
+    return found
 
 
+
+
+def counts_line(result: DispatchResult) -> str:
+    """Counts only: no customer ids, addresses or message bodies ever reach the log."""
+    return (f"sent {result.sent}, already sent {result.already_sent}, claimed by another run "
+            f"{result.claimed_elsewhere}, dropped {result.dropped}, deferred {result.deferred}, "
+            f"failed {result.failed}, retried {result.retried}")
 
 
 def log_summary(plan: Plan, result: DispatchResult) -> None:
-    """Counts only: no customer ids, addresses or message bodies ever reach the log."""
-    log.info("dispatch %s: sent %s, already sent %d, claimed by another run %d, dropped %s, failed %s, retried %d",
-             plan.name, result.sent, result.already_sent, result.claimed_elsewhere, result.dropped,
-             result.failed, result.retried)
+    log.info("dispatch %s: %s", plan.name, counts_line(result))
 
 
-@task(name="dispatch", cache_policy=NO_CACHE)
+@task(name="dispatch", cache_policy=NO_CACHE, **IO_RETRIES)
 def dispatch(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engine: Engine, config: ProjectConfig,
              run_id: str | None, model_version: str | None, dry_run: bool) -> DispatchResult:
     return dispatch_frame(allocated, plan, as_of, engine=engine, config=config, run_id=run_id,

@@ -18,10 +18,12 @@ from sqlalchemy import and_, func, not_, select
 from sqlalchemy.engine import Engine
 
 from flows.plan import Plan, QuietHours, VariantPlan
+from infra.settings import ControlGroup
 from infra.warehouse.bulk import chunks
 from infra.warehouse.schema import touches
 
 DEFAULT_SEND_TIME = dt.time(10, 0)  # UTC, for playbooks without a schedule
+SAME_DAY_HOURS = 18  # a run this close to its scheduled instant acts today, not as a replay
 
 
 def buckets(ids: Sequence[str], *parts: str) -> np.ndarray:
@@ -39,6 +41,15 @@ def held_out(ids: Sequence[str], plan: Plan) -> np.ndarray:
     return buckets(ids, "holdout", plan.name, e.salt) < e.holdout_percent
 
 
+def in_control_group(ids: Sequence[str], plan: Plan, control: ControlGroup | None) -> np.ndarray:
+    """The global control group (lifecycle.yaml `control_group`): a hash of (customer, salt) alone, so the
+    same customers sit out every marketing playbook; playbooks with only service messages are not held back."""
+    tiers = [t for s in plan.segments for t in s.tiers] + [t for f in plan.follow_ups for t in f.tiers]
+    if control is None or control.percent <= 0 or not any(t.purpose == "marketing" for t in tiers):
+        return np.zeros(len(ids), dtype=bool)
+    return buckets(ids, "control", control.salt) < control.percent
+
+
 def pick_variants(ids: Sequence[str], plan: Plan, where: str, variants: Sequence[VariantPlan]) -> np.ndarray:
     """Each customer's variant by cumulative split over a stable bucket (independent of the holdout's)."""
     if not variants:
@@ -50,15 +61,24 @@ def pick_variants(ids: Sequence[str], plan: Plan, where: str, variants: Sequence
     return np.array([v.name for v in variants], dtype=object)[index]
 
 
-def send_instant(plan: Plan, as_of: dt.date) -> dt.datetime:
-    """When this run's messages go out: the schedule's first time on the as-of day (aware), else 10:00 UTC."""
-    if plan.schedule is None:
-        return dt.datetime.combine(as_of, DEFAULT_SEND_TIME, tzinfo=dt.UTC)
-    from cronsim import CronSim
+def send_instant(plan: Plan, as_of: dt.date, now: dt.datetime | None = None) -> dt.datetime:
+    """When this run's messages go out (aware): the schedule's first time on the as-of day, else 10:00 UTC.
 
-    tz = zoneinfo.ZoneInfo(plan.schedule.timezone)
-    start = dt.datetime.combine(as_of, dt.time(), tzinfo=tz) - dt.timedelta(seconds=1)
-    return next(CronSim(plan.schedule.cron, start))
+    A run for today started at another time (a manual or triggered run, a retry) sends at `now`, so
+    quiet hours are judged when the messages really arrive; a replay of a day long past (or a plan for
+    a day ahead) keeps the scheduled instant.
+    """
+    if plan.schedule is None:
+        scheduled = dt.datetime.combine(as_of, DEFAULT_SEND_TIME, tzinfo=dt.UTC)
+    else:
+        from cronsim import CronSim
+
+        tz = zoneinfo.ZoneInfo(plan.schedule.timezone)
+        start = dt.datetime.combine(as_of, dt.time(), tzinfo=tz) - dt.timedelta(seconds=1)
+        scheduled = next(CronSim(plan.schedule.cron, start))
+    if now is not None and abs(now - scheduled) < dt.timedelta(hours=SAME_DAY_HOURS):
+        return now.astimezone(scheduled.tzinfo)
+    return scheduled
 
 
 def _minutes(text: str) -> int:
@@ -79,6 +99,42 @@ def in_quiet_hours(timezones: pd.Series, at: dt.datetime, quiet: QuietHours) -> 
         m = local.hour * 60 + local.minute
         quiet_now = (start <= m < end) if start < end else (m >= start or m < end)  # a window may span midnight
         out[zones == name] = quiet_now
+    return out
+
+
+def quiet_ends(timezones: pd.Series, at: dt.datetime, quiet: QuietHours) -> pd.Series:
+    """When quiet hours that hold at `at` end in each customer's timezone, as naive UTC (NaT when not quiet)."""
+    end_h, end_m = divmod(_minutes(quiet.end), 60)
+    quiet_now = in_quiet_hours(timezones, at, quiet)
+    zones = timezones.fillna("UTC").astype(str).to_numpy()
+    out = np.full(len(zones), np.datetime64("NaT"), dtype="datetime64[us]")
+    for name in np.unique(zones[quiet_now]):
+        try:
+            tz = zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            tz = dt.UTC
+        local = at.astimezone(tz)
+        end = local.replace(hour=end_h, minute=end_m, second=0, microsecond=0)
+        if end <= local:
+            end = dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(end_h, end_m), tzinfo=tz)
+        out[(zones == name) & quiet_now] = np.datetime64(end.astimezone(dt.UTC).replace(tzinfo=None), "us")
+    return pd.Series(out, index=timezones.index)
+
+
+def next_quiet_start(timezones: pd.Series, after: pd.Series, quiet: QuietHours) -> pd.Series:
+    """The first start of quiet hours after each naive-UTC instant, in each customer's timezone (naive UTC)."""
+    start_h, start_m = divmod(_minutes(quiet.start), 60)
+    zones = timezones.fillna("UTC").astype(str)
+    out = pd.Series(pd.NaT, index=timezones.index, dtype="datetime64[us]")
+    for (name, when), idx in pd.DataFrame({"z": zones, "t": after}).groupby(["z", "t"]).groups.items():
+        try:
+            tz = zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            tz = dt.UTC
+        local = pd.Timestamp(when).to_pydatetime().replace(tzinfo=dt.UTC).astimezone(tz)
+        day = local.date() if (local.hour, local.minute) < (start_h, start_m) else local.date() + dt.timedelta(days=1)
+        start = dt.datetime.combine(day, dt.time(start_h, start_m), tzinfo=tz)
+        out[idx] = pd.Timestamp(start.astimezone(dt.UTC).replace(tzinfo=None))
     return out
 
 

@@ -109,8 +109,54 @@ touches = Table(
     Column("claimed_by", String(64)),
     Column("claimed_at", DateTime),
     Column("priority", Integer),  # the playbook's priority: same-day competition is decided by it
+    # A touch deferred by quiet hours: when it may go out (naive UTC) and its message, rendered when decided.
+    Column("due_at", DateTime),
+    Column("payload", Text),
+    Column("cost", Float),  # the offer's unit cost this touch committed (coupon), for budgets and ROI
+    Column("skipped", String(256)),  # why earlier tiers passed the customer by: "0:capacity 1:no_consent"
     Index("ix_touches_customer", "customer_id", "created_at"),
     Index("ix_touches_playbook", "playbook", "as_of"),
+    Index("ix_touches_due", "status", "due_at"),
+)
+
+# Each customer's place in a playbook's steps: one row per (playbook, customer, entry day).
+# arm: treated / holdout; state: active (a follow-up is still ahead) / done / converted (goal reached).
+journeys = Table(
+    "journeys",
+    metadata,
+    Column("playbook", String(128), primary_key=True),
+    Column("customer_id", String(64), primary_key=True),
+    Column("entered_on", Date, primary_key=True),
+    Column("plan_hash", String(64), nullable=False),  # the plan they entered on: they finish on it
+    Column("playbook_version", String(32), nullable=False),
+    Column("segment", String(64)),
+    Column("arm", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("next_step", Integer),  # index into the plan's follow-ups
+    Column("next_due", Date),
+    Column("updated_at", DateTime, nullable=False),
+    Index("ix_journeys_due", "playbook", "state", "next_due"),
+    Index("ix_journeys_customer", "customer_id"),
+)
+
+# Every compiled plan a run used, by hash (canonical JSON), so old journeys can finish on their version.
+plans = Table(
+    "plans",
+    metadata,
+    Column("plan_hash", String(64), primary_key=True),
+    Column("playbook", String(128), nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("plan", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)
+
+# The event relay's high-water mark per event type (naive UTC event time it has read up to).
+event_watermarks = Table(
+    "event_watermarks",
+    metadata,
+    Column("event_type", String(64), primary_key=True),
+    Column("read_until", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
 )
 
 # Customers nobody may message: complaints, hard bounces, manual blocks. `channel` is a consent

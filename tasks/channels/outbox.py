@@ -1,12 +1,14 @@
 """The `outbox` channel, the embedded default: what would be sent, written where a user can read it.
 
 Every record carries its touch key, so a consumer can drop the rare repeat of a batch that was in
-flight when a run crashed.
+flight when a run crashed. Appends take an exclusive file lock (concurrent runs never interleave), and
+a line torn by a kill mid-write is ended before the next batch, so it is the only unreadable line.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -56,10 +58,17 @@ class OutboxChannel:
                         "written_at": stamp}, ensure_ascii=False, default=str)
             for rec in messages.to_dict("records")
         ]
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write("\n".join(lines) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        with open(self.path, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # concurrent runs append whole batches, never interleaved lines
+            try:
+                fh.seek(0, os.SEEK_END)
+                torn = fh.tell() > 0 and not _ends_with_newline(fh)
+                # a run killed mid-write left half a line: end it, so the next record starts on its own line
+                fh.write(("\n" if torn else "").encode() + ("\n".join(lines) + "\n").encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _to_table(self, messages: pd.DataFrame, now: dt.datetime) -> None:
         rows = messages[["touch_key", "customer_id", "subject", "body"]].assign(channel=self.name, created_at=now)
@@ -68,3 +77,9 @@ class OutboxChannel:
             done = set(conn.execute(select(outbox.c.touch_key).where(outbox.c.touch_key.in_(keys))).scalars())
             bulk_insert(conn, outbox, rows[~rows["touch_key"].isin(done)])
 
+
+def _ends_with_newline(fh) -> bool:
+    fh.seek(-1, os.SEEK_END)
+    last = fh.read(1)
+    fh.seek(0, os.SEEK_END)
+    return last == b"\n"

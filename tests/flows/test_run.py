@@ -49,15 +49,19 @@ def _end_to_end(url, monkeypatch):
     assert summary["audience"] >= sum(summary["segments"].values()) == len(rows)
     assert all(r["plan_hash"] == plan.plan_hash and r["model_version"] == model.version for r in rows)
     assert {r["status"] for r in rows} <= {"sent", "dropped", "held_out", "deferred"}
-    assert all(r["reason"] in {"no_consent", "capacity", "budget", "frequency_cap"}
+    # a run for a day long past cannot deliver its deferred touches in their window: they expire
+    assert all(r["reason"] in {"no_consent", "capacity", "budget", "frequency_cap", "expired"}
                for r in rows if r["status"] == "dropped")
+    expired = sum(r["reason"] == "expired" for r in rows)
+    assert expired == sum(summary["deferred_dropped"].values()) and not summary["deferred_sent"]
     assert all(r["reason"] == "holdout" for r in rows if r["status"] == "held_out")
     assert any(r["status"] == "held_out" for r in rows), "churn_winback holds out 10% as a control group"
     assert all(r["variant"] in ("coupon", "gift") for r in sent if r["segment"] == "mid_value" and r["tier"] == 0)
     # the run decides exactly as `lifecycle plan` previews
     from flows.preview import preview
     report = preview(plan, engine, END, model)
-    assert sum(t["customers"] for t in report["tiers"]) == len(sent) + sum(r["status"] == "deferred" for r in rows)
+    assert sum(t["customers"] for t in report["tiers"]) == len(sent) + sum(r["status"] == "deferred" for r in rows) \
+        + expired
 
     messages = _outbox()
     assert sorted(m["touch_key"] for m in messages) == sorted(r["touch_key"] for r in sent)
@@ -120,3 +124,66 @@ def _check_prefect_run(summary):
     names = {t.name.rsplit("-", 1)[0] for t in tasks}
     assert {"extract", "features", "score", "segment", "allocate", "dispatch"} <= names
     assert {a.key for a in arts} >= {"churn-winback-summary", "churn-winback-segments"}
+
+
+def test_a_journey_across_runs_follow_up_when_due_and_no_reentry(prefect_harness, sqlite_url, monkeypatch):
+    """Day 0 enters customers; three days later the next run sends the reminder to those who did not buy,
+    and the 30-day re-entry rule keeps day 0's entrants out of the main step."""
+    import datetime as dt
+
+    engine = make_world(sqlite_url, customers=2500, seed=5)
+    train(engine, END, 90)
+    monkeypatch.setenv("LIFECYCLE_DB_URL", sqlite_url)
+    path = SHIPPED_PLAYBOOKS / "churn_winback.yaml"
+    plan = compile_file(path, load_config())
+    day0, day3 = END - dt.timedelta(days=3), END
+    first = run_plan(plan, str(path), day0, dry_run=False, model_version=None)
+    entered = {r["customer_id"] for r in _ledger(engine) if r["as_of"] == day0 and r["status"] in ("sent", "held_out")}
+    assert sum(first["touches"].values()) > 0
+
+    later = run_plan(plan, str(path), day3, dry_run=False, model_version=None)
+    rows = _ledger(engine)
+    reminders = [r for r in rows if r["step"] == "reminder"]
+    step = later["follow_ups"]["steps"]["reminder"]
+    assert reminders and sum(step["sent"].values()) == sum(r["status"] == "sent" for r in reminders)
+    main_day0 = {r["customer_id"]: r for r in rows if r["as_of"] == day0 and r["step"] == "main"}
+    assert all(main_day0[r["customer_id"]]["status"] == "sent" and main_day0[r["customer_id"]]["segment"]
+               in ("high_value", "mid_value") for r in reminders)
+    assert later["not_reentered"] > 0
+    assert not entered & {r["customer_id"] for r in rows if r["as_of"] == day3 and r["step"] == "main"}
+
+
+def test_a_failed_step_skips_its_dependents_the_run_says_why_and_a_rerun_resumes(prefect_harness, sqlite_url,
+                                                                                  monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from infra.errors import RunError
+    from tasks import allocate as allocate_module
+    from tasks import dispatch as dispatch_module
+
+    engine = make_world(sqlite_url, customers=1500, seed=9)
+    train(engine, END, 90)
+    real_allocate, real_dispatch, calls = allocate_module.allocate_frame, dispatch_module.dispatch_frame, []
+
+    def flaky_allocate(*args, **kwargs):  # the database drops once: the task retries and goes on
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))
+        return real_allocate(*args, **kwargs)
+
+    def broken_dispatch(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(allocate_module, "allocate_frame", flaky_allocate)
+    monkeypatch.setattr(dispatch_module, "dispatch_frame", broken_dispatch)
+    with pytest.raises(RunError) as err:
+        _run(sqlite_url, monkeypatch)
+    assert len(calls) == 2, "a lost connection is retried"
+    assert err.value.code == "L603" and "dispatch failed: RuntimeError: disk full" in err.value.message
+    assert "skipped because of it: enter journeys" in err.value.message
+    assert _ledger(engine) == [] and _outbox() == []
+
+    monkeypatch.setattr(dispatch_module, "dispatch_frame", real_dispatch)  # the cause is fixed
+    _, summary = _run(sqlite_url, monkeypatch)
+    assert sum(summary["touches"].values()) == sum(r["status"] == "sent" for r in _ledger(engine)) > 0
+    assert not summary["failed_steps"]

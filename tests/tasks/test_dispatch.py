@@ -179,3 +179,14 @@ def test_suppressed_customers_are_dropped_with_their_reason(plan, engine):
     result = dispatch_frame(out, plan, AS_OF, engine=engine, config=load_config(), run_id="r", model_version=None,
                             dry_run=False)
     assert result.dropped == {"suppressed": 1} and ledger(engine)["r1"] == ("dropped", None, "suppressed")
+
+
+def test_a_torn_outbox_line_from_a_killed_run_does_not_swallow_the_next_record(plan, engine):
+    path = outbox_dir() / "push.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"touch_key": "half a rec')  # a run was killed in the middle of a write
+    run(plan, engine)
+    lines = path.read_text().splitlines()
+    assert lines[0] == '{"touch_key": "half a rec'
+    delivered = [json.loads(line) for line in lines[1:]]
+    assert sorted(m["customer_id"] for m in delivered) == ["r1", "v2"]

@@ -114,6 +114,18 @@ def test_quiet_hours_in_the_customers_timezone(tmp_path):
     assert set(ledger_status(deferred)) == {"deferred"}
 
 
+def test_a_late_run_judges_quiet_hours_when_it_really_sends(tmp_path):
+    plan = make_plan(tmp_path)
+    scheduled = send_instant(plan, dt.date(2026, 6, 30))
+    late = dt.datetime(2026, 6, 30, 15, 30, tzinfo=dt.UTC)  # 23:30 in Shanghai, the same day
+    assert send_instant(plan, dt.date(2026, 6, 30), late) == late
+    frame = customers(2)
+    out = choose_tiers(frame, plan, everyone_consents(frame), send_at=send_instant(plan, dt.date(2026, 6, 30), late))
+    assert (out["reason"] == "quiet_hours").all()  # 23:30 local is inside 22:00-08:00
+    replay = dt.datetime(2026, 11, 24, 15, 30, tzinfo=dt.UTC)  # months later: a replay keeps the schedule
+    assert send_instant(plan, dt.date(2026, 6, 30), replay) == scheduled
+
+
 def test_variants_follow_their_splits_and_are_stable():
     b = buckets([f"C{i}" for i in range(10_000)], "variant", "x")
     assert ((b >= 0) & (b < 100)).all() and 0.68 < (b < 70).mean() < 0.72
@@ -187,3 +199,22 @@ def test_caps_and_quiet_hours_are_never_violated(plans, recent, zones, hour, min
         assert not (touched & quiet_now).any()
     else:
         assert (out["deferred"] == (touched & quiet_now)).all()
+
+
+def test_held_out_customers_record_the_tier_they_would_have_had(tmp_path):
+    plan = make_plan(tmp_path, capacity=20, budget=100_000, holdout=30)
+    frame = customers(200)  # churn scores fall with the index: capacity goes to the first ones
+    granted = everyone_consents(frame) - {("C000003", "wecom", "marketing")}
+    out = choose_tiers(frame, plan, granted)
+    held = out[out["reason"] == "holdout"]
+    treated_advisor = out[out["tier"] == 0]
+    assert len(treated_advisor) == 20 and (held["tier"] == -1).all()
+    cut = treated_advisor["churn_score"].min()
+    would_advisor = held[held["would_tier"] == 0]
+    # held-out customers above the capacity cut would have had the advisor, those below it the SMS
+    assert len(would_advisor) > 0 and (would_advisor["churn_score"] >= cut).all()
+    assert (held.loc[held["churn_score"] < cut, "would_tier"] == 1).all()
+    if "C000003" in held.index:
+        assert held.loc["C000003", "would_tier"] == 1  # no advisor consent: SMS
+    assert set(held.loc[held["would_tier"] == 1, "would_variant"]) <= {"coupon", "gift"}
+    assert out.loc[out["reason"] != "holdout", "would_tier"].eq(-1).all()

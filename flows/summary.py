@@ -1,0 +1,64 @@
+"""Run summaries as text: the terminal's (format_summary) and the counts both it and the flow's
+artifacts print. Pure: no Prefect, no database."""
+
+from __future__ import annotations
+
+
+def format_summary(s: dict) -> str:
+    """A run summary a person can read in the terminal."""
+    title = f"{s['playbook']} v{s['version']} as of {s['as_of']}" + ("  (dry run: nothing written or sent)" if s["dry_run"] else "")
+    lines = [title, f"  {s['customers']:,} customers, {s['audience']:,} in the audience, "
+                    f"{s['unmatched']:,} in no segment; plan {s['plan_hash']}, model {s['model_version'] or 'none'}"]
+    channels = sorted({ch for per in s["segment_channel"].values() for ch in per})
+    width = max([len(k) for k in s["segments"]] + [9])
+    lines.append("  " + f"{'segment':<{width}}  {'customers':>9}" + "".join(f"  {c:>8}" for c in channels))
+    for seg, n in s["segments"].items():
+        per = s["segment_channel"].get(seg, {})
+        lines.append("  " + f"{seg:<{width}}  {n:>9,}" + "".join(f"  {per.get(c, 0):>8,}" for c in channels))
+    lines += ["  " + line for line in outcome_lines(s)]
+    for p in s.get("previews", [])[:4]:
+        subject = f"[{p['subject']}] " if p.get("subject") else ""
+        lines.append(f"  preview {p['segment']}/tier {p['tier'] + 1}: {subject}{p['body'][:140]!r}")
+    return "\n".join(lines)
+
+
+def outcome_lines(s: dict) -> list[str]:
+    """What a run did, a line each: shared by the terminal summary and the flow run's markdown artifact."""
+    verb = "would send" if s["dry_run"] else "sent"
+    lines = [f"touches {verb}: {format_counts(s['touches'])}"]
+    if s.get("already_sent"):
+        lines.append(f"already sent earlier for this date (not repeated): {s['already_sent']:,}")
+    lines.append(f"not touched: {format_counts(s['dropped'])}")
+    if s.get("deferred"):
+        lines.append(f"deferred until quiet hours end: {s['deferred']:,} (sent by the next run or `lifecycle deliver`)")
+    if s.get("deferred_sent") or s.get("deferred_dropped"):
+        lines.append(f"earlier deferred touches now sent: {format_counts(s.get('deferred_sent', {}))}; "
+                     f"dropped: {format_counts(s.get('deferred_dropped', {}))}")
+    if s.get("failed"):
+        lines.append(f"failed (dead letters, by provider reason; see the ledger): {format_counts(s['failed'])}")
+    if s.get("retried") or s.get("claimed_elsewhere"):
+        lines.append(f"provider calls retried: {s.get('retried', 0):,}; "
+                     f"left to a concurrent run: {s.get('claimed_elsewhere', 0):,}")
+    if s.get("offer_cost"):
+        lines.append(f"offers committed: {s['offer_cost']:,.2f} (coupon unit cost of the touches planned)")
+    if s.get("triggered_by") is not None and s.get("window"):
+        lines.append(f"triggered: {s['triggered_by']:,} customers with the event in {s['window'][0]} .. {s['window'][1]}")
+    if s.get("not_reentered"):
+        lines.append(f"kept out by the re-entry rule: {s['not_reentered']:,}")
+    steps = s.get("follow_ups") or {}
+    if steps.get("converted"):
+        lines.append(f"journeys ended by the goal: {steps['converted']:,}")
+    for name, c in (steps.get("steps") or {}).items():
+        lines.append(f"follow-up {name}: {c['due']:,} due, {c['selected']:,} selected by its rule, "
+                     f"sent {format_counts(c['sent'])}; not touched {format_counts(c['dropped'])}")
+    for ch, where in sorted(s["outboxes"].items()):
+        lines.append(f"outbox {ch}: {where}")
+    if s.get("failed_steps"):
+        skipped = f"; skipped because of it: {', '.join(s['skipped_steps'])}" if s.get("skipped_steps") else ""
+        lines.append("FAILED: " + "; ".join(f"{k}: {v}" for k, v in s["failed_steps"].items()) + skipped
+                     + " (rerun the same playbook and as-of date to resume; nothing sent is repeated)")
+    return lines
+
+
+def format_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {n:,}" for k, n in sorted(counts.items())) or "none"

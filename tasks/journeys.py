@@ -1,0 +1,189 @@
+"""Journeys: customers walk a playbook's follow-up steps, run by run, with their state in the warehouse.
+
+- **Entry** (`enter`): after the main step, every customer the run assigned (treated: planned, sent
+  or deferred; control: held out) gets a `journeys` row for (playbook, customer, entry day), with the
+  plan they entered on (kept in `plans` by hash) and their first follow-up's due day. The control
+  arm is recorded too, so re-entry rules treat both arms alike (honest measurement) but it gets no
+  follow-ups.
+- **Re-entry** (`admit`): `reentry.mode` once / after `days` / every_time decides who may enter again.
+- **Exit on the goal** (`exit_on_goal`): a journey whose customer reached the goal event since entry
+  (an order for `order.placed`) is `converted` and gets no more steps.
+- **Advance** (`due`, `advance`): each run takes the active journeys whose next step is due, on the
+  plan each entered on (so a new playbook version lets earlier entrants finish on theirs), and the
+  flow dispatches the step to those its rule still selects. A follow-up's touch key uses the entry
+  day as its window, so reruns and late runs never give a customer two keys for one step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from flows.plan import FollowUpPlan, Plan, SegmentPlan
+from infra.warehouse.bulk import chunks, utcnow
+from infra.warehouse.schema import events, journeys, orders, plans, touches
+
+ENTERED = ("planned", "sent", "deferred", "held_out")
+
+
+def _insert_ignore(engine: Engine, table, rows: list[dict], keys: list[str]) -> None:
+    if not rows:
+        return
+    dialect = engine.dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(table).on_conflict_do_nothing(index_elements=keys)
+    with engine.begin() as conn:
+        for part in chunks(rows, 2_000):
+            conn.execute(stmt, part)
+
+
+def remember_plan(engine: Engine, plan: Plan) -> None:
+    """Keep this plan by hash, so journeys entered on it can finish on it."""
+    _insert_ignore(engine, plans, [{"plan_hash": plan.plan_hash, "playbook": plan.name, "version": plan.version,
+                                    "plan": plan.to_json(), "created_at": utcnow()}], ["plan_hash"])
+
+
+def load_plan(engine: Engine, plan_hash: str) -> Plan | None:
+    with engine.connect() as conn:
+        text = conn.execute(select(plans.c.plan).where(plans.c.plan_hash == plan_hash)).scalar_one_or_none()
+    return Plan.from_json(text) if text else None
+
+
+def admit(engine: Engine, selected: pd.DataFrame, plan: Plan, as_of: dt.date) -> tuple[pd.DataFrame, int]:
+    """The selected customers the re-entry rule lets in today, and how many it kept out."""
+    mode = plan.reentry.mode
+    if mode == "every_time" or selected.empty:
+        return selected, 0
+    j = journeys.c
+    last: dict[str, dt.date] = {}
+    with engine.connect() as conn:
+        for part in chunks(list(selected.index)):
+            last.update(conn.execute(select(j.customer_id, func.max(j.entered_on)).where(
+                j.playbook == plan.name, j.customer_id.in_(part), j.entered_on < as_of)
+                .group_by(j.customer_id)).all())
+    if mode == "once":
+        keep = ~selected.index.isin(list(last))
+    else:
+        cutoff = as_of - dt.timedelta(days=plan.reentry.days or 0)
+        keep = np.array([c not in last or last[c] <= cutoff for c in selected.index], dtype=bool)
+    return selected[keep], int((~keep).sum())
+
+
+def enter(engine: Engine, plan: Plan, as_of: dt.date) -> int:
+    """Open a journey for everyone this run assigned in its main step; returns how many entered."""
+    remember_plan(engine, plan)
+    t = touches.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.customer_id, t.segment, t.status).where(
+            t.playbook == plan.name, t.plan_hash == plan.plan_hash, t.as_of == as_of, t.step == "main",
+            t.status.in_(ENTERED))).all()
+    first = _next_step(plan, -1)
+    now = utcnow()
+    records = [{
+        "playbook": plan.name, "customer_id": c, "entered_on": as_of, "plan_hash": plan.plan_hash,
+        "playbook_version": plan.version, "segment": seg,
+        "arm": "holdout" if status == "held_out" else "treated",
+        "state": "held_out" if status == "held_out" else ("active" if first is not None else "done"),
+        "next_step": first if status != "held_out" else None,
+        "next_due": as_of + dt.timedelta(days=plan.follow_ups[first].after_days)
+        if first is not None and status != "held_out" else None,
+        "updated_at": now,
+    } for c, seg, status in rows]
+    _insert_ignore(engine, journeys, records, ["playbook", "customer_id", "entered_on"])
+    return len(records)
+
+
+def _next_step(plan: Plan, current: int) -> int | None:
+    return current + 1 if current + 1 < len(plan.follow_ups) else None
+
+
+def exit_on_goal(engine: Engine, plan: Plan, as_of: dt.date) -> int:
+    """Active journeys whose customer reached the goal since entry become `converted`."""
+    if plan.goal is None:
+        return 0
+    j = journeys.c
+    until = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
+    if plan.goal.event == "order.placed":
+        reached = exists().where(orders.c.customer_id == j.customer_id,
+                                 orders.c.ordered_at >= j.entered_on,
+                                 orders.c.ordered_at < until)
+    else:
+        reached = exists().where(events.c.customer_id == j.customer_id, events.c.type == plan.goal.event,
+                                 events.c.occurred_at >= j.entered_on,
+                                 events.c.occurred_at < until)
+    with engine.begin() as conn:
+        done = conn.execute(update(journeys).where(j.playbook == plan.name, j.state == "active", reached)
+                            .values(state="converted", updated_at=utcnow()))
+    return int(done.rowcount or 0)
+
+
+def due(engine: Engine, playbook: str, as_of: dt.date) -> pd.DataFrame:
+    """Active journeys of this playbook whose next step is due by `as_of`."""
+    j = journeys.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(j.customer_id, j.entered_on, j.plan_hash, j.segment, j.next_step).where(
+            j.playbook == playbook, j.state == "active", j.next_due <= as_of)).all()
+    return pd.DataFrame(rows, columns=["customer_id", "entered_on", "plan_hash", "segment", "next_step"])
+
+
+def step_plan(plan: Plan, step: FollowUpPlan) -> Plan:
+    """A follow-up as a plan of its own: one segment per followed segment, with the step's tiers.
+
+    No holdout here: the control group was drawn at entry and never reaches a follow-up.
+    """
+    segments = tuple(SegmentPlan(name=s, rule=None, rule_text=None, tiers=step.tiers) for s in step.segments)
+    return plan.model_copy(update={"segments": segments, "experiment": None, "follow_ups": ()})
+
+
+def since_entry(engine: Engine, group: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:
+    """The follow-up-only features for journeys entered on one day: orders since then, days since."""
+    entered = group["entered_on"].iloc[0]
+    start = dt.datetime.combine(entered, dt.time())
+    until = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
+    ids = list(group["customer_id"])
+    counts: dict[str, int] = {}
+    o = orders.c
+    with engine.connect() as conn:
+        for part in chunks(ids):
+            counts.update(conn.execute(select(o.customer_id, func.count()).where(
+                o.customer_id.in_(part), o.ordered_at >= start, o.ordered_at < until).group_by(o.customer_id)).all())
+    return pd.DataFrame({"orders_since_touch": [counts.get(c, 0) for c in ids],
+                         "days_since_touch": (as_of - entered).days}, index=pd.Index(ids, name="customer_id"))
+
+
+def main_touch_sent(engine: Engine, playbook: str, entered_on: dt.date, ids: list[str]) -> dict[str, str]:
+    """The status of each customer's main touch on their entry day."""
+    t = touches.c
+    found: dict[str, str] = {}
+    with engine.connect() as conn:
+        for part in chunks(ids):
+            found.update(conn.execute(select(t.customer_id, t.status).where(
+                t.playbook == playbook, t.as_of == entered_on, t.step == "main", t.customer_id.in_(part))).all())
+    return found
+
+
+def advance(engine: Engine, playbook: str, entered_on: dt.date, plan: Plan, step: int, ids: list[str]) -> None:
+    """Move these journeys past `step`: to the next follow-up's due day, or done."""
+    nxt = _next_step(plan, step)
+    j = journeys.c
+    values = ({"next_step": nxt, "next_due": entered_on + dt.timedelta(days=plan.follow_ups[nxt].after_days)}
+              if nxt is not None else {"state": "done", "next_step": None, "next_due": None})
+    with engine.begin() as conn:
+        for part in chunks(ids):
+            conn.execute(update(journeys).where(and_(
+                j.playbook == playbook, j.entered_on == entered_on, j.customer_id.in_(part),
+                j.state == "active", j.next_step == step)).values(**values, updated_at=utcnow()))
+
+
+def close(engine: Engine, playbook: str, entered_on: dt.date, ids: list[str], state: str) -> None:
+    j = journeys.c
+    with engine.begin() as conn:
+        for part in chunks(ids):
+            conn.execute(update(journeys).where(
+                j.playbook == playbook, j.entered_on == entered_on, j.customer_id.in_(part), j.state == "active")
+                .values(state=state, next_step=None, next_due=None, updated_at=utcnow()))
