@@ -21,6 +21,7 @@ from flows.plan import Plan
 from flows.summary import format_counts, outcome_lines
 from infra.errors import LifecycleError, RunError
 from infra.settings import load_config
+from infra.warehouse.bulk import utcnow
 from models import registry
 from tasks.allocate import allocate
 from tasks.common import warehouse
@@ -28,6 +29,7 @@ from tasks.deferred import deliver_due
 from tasks.dispatch import DispatchResult, dispatch
 from tasks.events import triggered
 from tasks.followups import admit_entries, enter_journeys, follow_ups
+from tasks.guardrails import is_live
 from tasks.measure import fees_of, measure_task
 from tasks.extract import extract
 from tasks.features import features
@@ -75,8 +77,10 @@ def playbook_flow(playbook: str, as_of: str | None = None, dry_run: bool = False
     follow = steps.run("follow-ups", lambda: follow_ups(scored, plan, day, engine=engine, config=config,
                                                          run_id=str(flow_run.id), model_version=version,
                                                          dry_run=dry_run), default={})
-    # touches this playbook deferred earlier (quiet hours) whose time has come go out now too
-    due = None if dry_run else steps.run("deliver due", lambda: deliver_due(engine, config, playbook=plan.name))
+    # touches this playbook deferred earlier (quiet hours) whose time has come go out now too (live runs only:
+    # a replay of a past day leaves its deferrals to `lifecycle deliver`, whose clock can follow theirs)
+    live = not dry_run and is_live(plan, day, utcnow().replace(tzinfo=dt.UTC))
+    due = steps.run("deliver due", lambda: deliver_due(engine, config, playbook=plan.name)) if live else None
     measured = steps.run("measure", lambda: measure_task(engine, plan, day, fees_of(config)), default=None)
     summary = summarize(plan, day, dry_run, counts, result, version, due)
     summary["measured"] = measured

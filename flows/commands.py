@@ -212,6 +212,14 @@ def demo(args: argparse.Namespace) -> int:
     for summary in summaries:
         print(format_summary(summary))
         print()
+    # the hourly deliverer of a real deployment, replayed over the two days after the runs
+    from tasks.deferred import replay_deliveries
+
+    start = dt.datetime.combine(as_of, dt.time())
+    later = replay_deliveries(engine, config, start, start + dt.timedelta(days=2))
+    if later.sent or later.dropped:
+        print(f"deferred touches, delivered hour by hour when quiet hours ended: sent {format_counts(later.sent)}; "
+              f"dropped {format_counts(later.dropped)}")
     for line in demo_measure(engine, config, [p for p, _ in plans], as_of, args.seed,
                              until=dt.datetime.combine(last, dt.time())):
         print(line)

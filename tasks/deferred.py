@@ -139,6 +139,22 @@ def deliver_due_touches(engine: Engine, config: ProjectConfig, *, now: dt.dateti
     return result
 
 
+def replay_deliveries(engine: Engine, config: ProjectConfig, start: dt.datetime, end: dt.datetime,
+                      step: dt.timedelta = dt.timedelta(hours=1)) -> DispatchResult:
+    """Deliver deferred touches as an hourly deliverer would have from `start` to `end` (naive UTC): for
+    replays of past days, such as the demo's month."""
+    total = DispatchResult()
+    now = start
+    while now <= end:
+        r = deliver_due_touches(engine, config, now=now)
+        for ch, n in r.sent.items():
+            total.sent[ch] = total.sent.get(ch, 0) + n
+        for why, n in r.dropped.items():
+            total.dropped[why] = total.dropped.get(why, 0) + n
+        now += step
+    return total
+
+
 @task(name="deliver due", cache_policy=NO_CACHE, **IO_RETRIES)
 def deliver_due(engine: Engine, config: ProjectConfig, playbook: str | None = None) -> DispatchResult:
     return deliver_due_touches(engine, config, playbook=playbook)

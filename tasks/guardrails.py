@@ -81,6 +81,12 @@ def send_instant(plan: Plan, as_of: dt.date, now: dt.datetime | None = None) -> 
     return scheduled
 
 
+def is_live(plan: Plan, as_of: dt.date, now: dt.datetime) -> bool:
+    """Does a run for `as_of` happen now (not a replay of a day long past)? Only a live run delivers
+    deferred touches on the wall clock; a replay leaves them for `lifecycle deliver` at their time."""
+    return send_instant(plan, as_of, now) == now.astimezone(send_instant(plan, as_of).tzinfo)
+
+
 def _minutes(text: str) -> int:
     hours, minutes = text.split(":")
     return int(hours) * 60 + int(minutes)

@@ -135,3 +135,15 @@ def test_a_deliverer_that_died_mid_way_is_finished_by_the_next_without_repeats(w
     assert sorted(m["customer_id"] for m in sms_outbox()) == ["C000000", "C000001", "C000002"]
     deliver_due_touches(engine, load_config(), now=now)
     assert len(sms_outbox()) == 3
+
+
+def test_a_replayed_day_has_its_deferrals_delivered_hour_by_hour(world):
+    from tasks.deferred import replay_deliveries
+    from tasks.guardrails import is_live
+
+    engine, plan, _ = world
+    now = dt.datetime(2026, 11, 24, 3, 0, tzinfo=dt.UTC)
+    assert not is_live(plan, AS_OF, now) and is_live(plan, now.date(), now)
+    start = dt.datetime.combine(AS_OF, dt.time())
+    result = replay_deliveries(engine, load_config(), start, start + dt.timedelta(days=1))
+    assert result.sent == {"sms": 3} and len(sms_outbox()) == 3
