@@ -85,6 +85,7 @@ def _end_to_end(url, monkeypatch):
 
 
 def test_end_to_end_on_sqlite(prefect_harness, sqlite_url, monkeypatch):
+    monkeypatch.setattr("tasks.dispatch.BATCH", 100)  # several batches: the run keeps a progress artifact
     summary = _end_to_end(sqlite_url, monkeypatch)
     _check_prefect_run(summary)
 
@@ -122,7 +123,9 @@ def _check_prefect_run(summary):
     assert f"plan:{summary['plan_hash']}" in run.tags and "playbook:churn_winback" in run.tags
     names = {t.name.rsplit("-", 1)[0] for t in tasks}
     assert {"extract", "features", "score", "segment", "allocate", "dispatch"} <= names
-    assert {a.key for a in arts} >= {"churn-winback-summary", "churn-winback-segments"}
+    assert {a.key for a in arts} >= {"churn-winback-summary", "churn-winback-segments", "churn-winback-drops"}
+    progress = [a for a in arts if a.type == "progress"]
+    assert progress and progress[0].data == 100.0, "long dispatches show their progress, ending at 100%"
 
 
 def test_a_journey_across_runs_follow_up_when_due_and_no_reentry(prefect_harness, sqlite_url, monkeypatch):
