@@ -28,26 +28,14 @@ import pandas as pd
 
 from infra.errors import ModelError
 from models.churn import MODEL_FEATURES
+from models.churn import PARAMS as CHURN_PARAMS
 
 NAME = "uplift"
 SHARES = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 5%, 10%, ..., 100% of customers targeted
 BUDGETS = (0.1, 0.2, 0.3, 0.5)  # the shares the summary reads out
 MIN_ARM, MIN_CONVERSIONS = 200, 20  # per arm, to train at all
-PARAMS = {
-    "objective": "binary",
-    # small, well-populated trees: the arms are thousands of customers, the control arm often a tenth
-    "learning_rate": 0.05,
-    "num_leaves": 7,
-    "min_data_in_leaf": 40,
-    "feature_fraction": 0.8,
-    "bagging_fraction": 0.8,
-    "bagging_freq": 1,
-    "lambda_l2": 5.0,
-    "verbose": -1,
-    "num_threads": 2,
-    "seed": 11,
-    "deterministic": True,
-}
+# the churn model's small, well-populated trees, sized for arms of thousands (the control often a tenth)
+PARAMS = {**CHURN_PARAMS, "learning_rate": 0.05, "min_data_in_leaf": 40, "seed": 11}
 MAX_ROUNDS, EARLY_STOP = 400, 30
 
 

@@ -84,3 +84,18 @@ def make_world(url: str, customers: int = 3000, seed: int = 3, end: dt.date = EN
     upgrade(engine)
     write_world(engine, generate_world(customers, days=730, seed=seed, end=end))
     return engine
+
+
+def flow_run_artifacts(flow_run_id: str) -> list:
+    """The artifacts a flow run attached, read back through the Prefect API (as the UI shows them)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def fetch():
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+
+    return asyncio.run(fetch())

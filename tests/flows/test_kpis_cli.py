@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -11,7 +10,7 @@ import re
 import pytest
 from PIL import Image
 
-from tests.conftest import END, make_world
+from tests.conftest import END, flow_run_artifacts, make_world
 from tests.flows.test_cli import assert_clean_failure, cli
 
 CUSTOMER_ID = re.compile(r"\bC\d{7}\b")
@@ -61,25 +60,13 @@ def test_bad_period_and_empty_warehouse(world, tmp_path):
     assert_clean_failure(cli("kpis", "--db", empty), 1, "no customers")
 
 
-def _artifacts(flow_run_id: str) -> list:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    async def fetch():
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-
-    return asyncio.run(fetch())
-
-
 @pytest.mark.slow
 def test_flow_attaches_charts_and_tables(prefect_harness, world, monkeypatch, tmp_path):
     from flows.kpiflow import kpi_flow
 
     monkeypatch.setenv("LIFECYCLE_DB_URL", world)
     summary = kpi_flow(end=END.isoformat(), out=str(tmp_path))
-    arts = {a.key: a for a in _artifacts(summary["flow_run_id"])}
+    arts = {a.key: a for a in flow_run_artifacts(summary["flow_run_id"])}
     assert set(arts) == {"kpis-summary", "kpis-monthly", "kpis-cohorts"}
     text = arts["kpis-summary"].data
     images = re.findall(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", text)

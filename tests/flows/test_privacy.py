@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pandas as pd
@@ -11,21 +10,9 @@ import pytest
 from flows.build import run_plan
 from flows.compiler import compile_file
 from infra.settings import SHIPPED_PLAYBOOKS, load_config, outbox_dir
-from tests.conftest import END, make_world
+from tests.conftest import END, flow_run_artifacts, make_world
 
 pytestmark = pytest.mark.slow
-
-
-def _artifacts(flow_run_id: str) -> list:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    async def fetch():
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-
-    return asyncio.run(fetch())
 
 
 def test_artifacts_carry_no_customer_ids_addresses_phones_or_message_text(prefect_harness, sqlite_url, monkeypatch):
@@ -37,7 +24,7 @@ def test_artifacts_carry_no_customer_ids_addresses_phones_or_message_text(prefec
     messages = [json.loads(line) for p in outbox_dir().glob("*.jsonl") for line in p.read_text().splitlines()]
     assert messages, "the onboarding playbook sends to the newest customers of the demo world"
 
-    arts = _artifacts(summary["flow_run_id"])
+    arts = flow_run_artifacts(summary["flow_run_id"])
     assert {a.type for a in arts} == {"markdown", "table"}
     published = "\n".join(json.dumps(a.data, ensure_ascii=False) if not isinstance(a.data, str) else a.data
                           for a in arts) + "\n".join(a.description or "" for a in arts)
