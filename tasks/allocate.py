@@ -132,7 +132,9 @@ def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str
             arms = guardrails.pick_variants(ids[cand], plan, f"{seg.name}/{i}", t.variants)
             unit = {a: (t.arm(a).offer.unit_cost if t.arm(a).offer else 0.0) for a in set(arms)}
             costs = np.array([unit[a] for a in arms], dtype=float)
-            fits = (np.cumsum(costs) <= budget) | (costs == 0)
+            # in rank order, until the budget runs out, for every arm alike: a free arm does not go on
+            # past that point, so the A/B arms of a tier stay balanced (a fair comparison)
+            fits = np.cumsum(costs) <= budget
             reason[cand[~fits]] = why[cand[~fits]] = "budget"
             take = cand[fits]
             budget -= costs[fits].sum()

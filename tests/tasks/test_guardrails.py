@@ -218,3 +218,16 @@ def test_held_out_customers_record_the_tier_they_would_have_had(tmp_path):
         assert held.loc["C000003", "would_tier"] == 1  # no advisor consent: SMS
     assert set(held.loc[held["would_tier"] == 1, "would_variant"]) <= {"coupon", "gift"}
     assert out.loc[out["reason"] != "holdout", "would_tier"].eq(-1).all()
+
+
+def test_when_the_budget_runs_out_both_arms_of_an_ab_test_stop_at_the_same_rank(tmp_path):
+    plan = make_plan(tmp_path, capacity=1, budget=300, holdout=0)  # SMS: coupon (10) 70% vs gift (free) 30%
+    frame = customers(400)
+    out = choose_tiers(frame, plan, everyone_consents(frame))
+    sms = out[out["tier"] == 1]
+    coupon, gift = sms[sms["variant"] == "coupon"], sms[sms["variant"] == "gift"]
+    assert coupon["cost"].sum() <= 300 - 30 and len(coupon) == 27
+    # the gift arm covers the same customers by rank as the coupon arm, not everyone after them too
+    assert gift["churn_score"].min() >= coupon["churn_score"].min() - 0.01
+    assert 0.2 < len(gift) / len(sms) < 0.45
+    assert (out.loc[out["tier"] == 2, "churn_score"] < coupon["churn_score"].min()).all()
