@@ -8,11 +8,13 @@ comes from LIFECYCLE_DB_URL / the config where the flow runs.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, tags
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import TagsContext
 from prefect.runtime import flow_run
 
 from flows.compiler import compile_file
@@ -38,7 +40,25 @@ from tasks.segment import segment
 from tasks.uplift import for_plan, uplift_scores
 
 
+def _untagged_tasks(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run the flow body with no tags for its task runs (the flow run keeps run_plan's tags).
+
+    A tagged task run costs a round trip for Prefect's tag concurrency limits (0.2-0.8 s each, 8 s
+    a million-customer run), and the first one's context, result included, stays referenced by
+    Prefect's lease service for the life of the process: with tags, every playbook `lifecycle demo`
+    runs kept its whole extract (0.6 GB at a million customers) alive. Deployment runs' tasks carry
+    no tags either; limits belong on deployments (flows/deploycmd.py).
+    """
+    @functools.wraps(fn)
+    def body(*args: Any, **kwargs: Any) -> Any:
+        with TagsContext(current_tags=set()):
+            return fn(*args, **kwargs)
+
+    return body
+
+
 @flow(name="playbook", persist_result=False, validate_parameters=False, flow_run_name=run_name)
+@_untagged_tasks
 def playbook_flow(playbook: str, as_of: str | None = None, dry_run: bool = False,
                   window_start: str | None = None, window_end: str | None = None) -> dict[str, Any]:
     """Compile the playbook, then extract -> features -> score -> segment -> allocate -> dispatch.

@@ -7,12 +7,14 @@ rate and ramps down over the last weeks of a customer's life, so the churn signa
 for (interaction frequency dropping 30%+ before a customer lapses) is really there to be found.
 
 Everything is vectorised numpy drawn from one `default_rng(seed)`: the same arguments give identical
-frames, and 100k customers take seconds. `write_world` loads a world in one transaction.
+frames, and 100k customers take seconds. Worlds are drawn in chunks of customers (`iter_world`), so
+a million customers stream into the warehouse (`load_world`, one transaction) in bounded memory.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -23,10 +25,13 @@ from sqlalchemy.engine import Engine
 
 from infra.errors import UsageError, WarehouseError
 from infra.warehouse import schema
-from infra.warehouse.bulk import bulk_load
+from infra.warehouse.bulk import bulk_insert, without_indexes
 from infra.warehouse.db import display_url, upgrade
 
 DAY = 86_400  # seconds
+# Customers per generated chunk: memory follows the chunk (about 0.5 GB), not the world.
+CHUNK_CUSTOMERS = 100_000
+_TABLES = ("customers", "orders", "events", "consents")
 
 # Buying: rates are per day. Mean 1/50 ≈ one order every 1.6 months among buyers; shape < 2 makes
 # a long tail of heavy buyers. Mean lifetime 1/DROP_MEAN = 250 days, also heterogeneous.
@@ -103,8 +108,29 @@ class World:
     consents: pd.DataFrame
 
 
-def generate_world(n_customers: int, *, days: int = 730, seed: int = 0, end: dt.date) -> World:
-    """Customers signed up in the `days` before `end`, with activity up to the end of `end` (UTC)."""
+def generate_world(n_customers: int, *, days: int = 730, seed: int = 0, end: dt.date,
+                   chunk_customers: int = CHUNK_CUSTOMERS) -> World:
+    """Customers signed up in the `days` before `end`, with activity up to the end of `end` (UTC).
+
+    The whole world in memory: `iter_world`'s chunks joined. For worlds too big for that, stream
+    `iter_world` into `load_world` (what `lifecycle data generate` does).
+    """
+    parts = list(iter_world(n_customers, days=days, seed=seed, end=end, chunk_customers=chunk_customers))
+    if len(parts) == 1:
+        return parts[0]
+    return World(*(pd.concat([getattr(p, name) for p in parts], ignore_index=True) for name in _TABLES))
+
+
+def iter_world(n_customers: int, *, days: int = 730, seed: int = 0, end: dt.date,
+               chunk_customers: int = CHUNK_CUSTOMERS) -> Iterator[World]:
+    """The world `generate_world` returns, as consecutive chunks of at most `chunk_customers` customers.
+
+    Who the customers are (sign-up, timezone, buying rate, lifetime, spend) is drawn for everyone
+    first, so ids follow sign-up order across chunks; each chunk then draws its customers' orders,
+    consents and events, with the main generator for the first chunk and one seeded by (seed, chunk)
+    for each later one. A world that fits in one chunk is drawn exactly as it always was, and memory
+    grows with the chunk, not the world.
+    """
     if n_customers < 1 or days < 1:
         raise UsageError(f"cannot generate {n_customers} customers over {days} days",
                          hint="ask for at least 1 customer and 1 day, e.g. --customers 10000")
@@ -120,7 +146,6 @@ def generate_world(n_customers: int, *, days: int = 730, seed: int = 0, end: dt.
     signup = np.clip(signup, 0, days - 1 / DAY)
     by_signup = np.argsort(signup, kind="stable")  # so C0000001 is the first to sign up
     signup, tz = signup[by_signup], tz[by_signup]
-    clock.tz = tz
     buyer = rng.random(n) >= NEVER_BUY_SHARE
     people = _People(
         signup=signup,
@@ -130,7 +155,23 @@ def generate_world(n_customers: int, *, days: int = 730, seed: int = 0, end: dt.
         spend=rng.lognormal(np.log(220.0), 0.55, n),
         buyer=buyer,
     )
-    ids = _numbered("C", n, 7)
+    step = max(1, chunk_customers)
+    orders_before = 0
+    for k, start in enumerate(range(0, n, step)):
+        part = slice(start, min(n, start + step))
+        clock.rng = rng if k == 0 else np.random.default_rng([seed, k])
+        clock.tz = tz[part]
+        world = _chunk(clock, season, people.part(part), origin=origin, end=end, first=start + 1, total=n,
+                       first_order=orders_before + 1)
+        orders_before += len(world.orders)
+        yield world
+
+
+def _chunk(clock: _Clock, season: np.ndarray, people: _People, *, origin: np.datetime64, end: dt.date,
+           first: int, total: int, first_order: int) -> World:
+    """Orders, consents, events and the customer rows of customers `first`.. (numbered among `total`)."""
+    rng, tz, horizon, n = clock.rng, clock.tz, clock.horizon, people.signup.size
+    ids = _numbered("C", n, 7, first=first, total=total)
     orders = _orders(rng, clock, season, people)
     has_phone, has_email = rng.random(n) >= 0.04, rng.random(n) >= 0.06
     advisor = np.where(rng.random(n) < ADVISOR_SHARE, rng.integers(1, N_ADVISORS + 1, n), 0)
@@ -146,24 +187,25 @@ def generate_world(n_customers: int, *, days: int = 730, seed: int = 0, end: dt.
     birthday = (np.datetime64(end, "D") - age_days.astype("timedelta64[D]")).astype(object)
     birthday[rng.random(n) < 0.08] = None
     west = tz >= _WESTERN_FROM
-    first = np.where(west, _pick(NAMES_WEST, rng.integers(0, len(NAMES_WEST), n)),
-                     _pick(NAMES_CN, rng.integers(0, len(NAMES_CN), n)))
+    first_name = np.where(west, _pick(NAMES_WEST, rng.integers(0, len(NAMES_WEST), n)),
+                          _pick(NAMES_CN, rng.integers(0, len(NAMES_CN), n)))
 
     customers = pd.DataFrame({
         "customer_id": ids,
-        "signed_up_at": _stamps(origin, signup),
+        "signed_up_at": _stamps(origin, people.signup),
         "timezone": _pick(TIMEZONES, tz),
         "member_tier": _pick(TIERS, np.searchsorted(TIER_SPEND_365D, spend_year, side="right")),
         "points": points,
         "birthday": pd.Series(birthday, dtype=object),
-        "first_name": first,
-        "email": np.where(has_email, _numbered("c", n, 7) + "@example.com", None),
+        "first_name": first_name,
+        "email": np.where(has_email, _numbered("c", n, 7, first=first, total=total) + "@example.com", None),
         # +86 100... is not an allocated mobile prefix, so these can never reach a real phone
-        "phone": np.where(has_phone, _numbered("+86100", n, 8), None),
+        "phone": np.where(has_phone, _numbered("+86100", n, 8, first=first, total=total), None),
         "advisor_id": np.where(advisor > 0, _pick(_numbered("A", N_ADVISORS, 3), advisor - 1), None),
     })
+    m = orders["owner"].size
     order_frame = pd.DataFrame({
-        "order_id": _numbered("O", orders["owner"].size, 9),
+        "order_id": _numbered("O", m, 9, first=first_order, total=first_order + m - 1),
         "customer_id": ids[orders["owner"]],
         "ordered_at": _stamps(origin, orders["time"]),
         "amount": orders["amount"],
@@ -189,6 +231,15 @@ def generate_world(n_customers: int, *, days: int = 730, seed: int = 0, end: dt.
 
 def write_world(engine: Engine, world: World) -> dict[str, int]:
     """Load `world` into an empty warehouse in one transaction; returns rows written per table."""
+    return load_world(engine, [world])
+
+
+def load_world(engine: Engine, parts: Iterable[World]) -> dict[str, int]:
+    """Load a world chunk by chunk (e.g. `iter_world`) into an empty warehouse, in one transaction.
+
+    Indexes are dropped once and rebuilt after the last chunk, so only one chunk is in memory at a
+    time and the load costs what one `bulk_load` of the whole world would.
+    """
     upgrade(engine)
     with engine.begin() as conn:
         existing = conn.execute(select(func.count()).select_from(schema.customers)).scalar_one()
@@ -198,8 +249,13 @@ def write_world(engine: Engine, world: World) -> dict[str, int]:
                 hint="generate into an empty warehouse (--db sqlite:///other.db)",
                 code="L410",
             )
-        return {name: bulk_load(conn, schema.metadata.tables[name], getattr(world, name))
-                for name in schema.DATA_TABLES}
+        tables = [schema.metadata.tables[name] for name in schema.DATA_TABLES]
+        counts = dict.fromkeys(schema.DATA_TABLES, 0)
+        with without_indexes(conn, tables):
+            for part in parts:
+                for table in tables:
+                    counts[table.name] += bulk_insert(conn, table, getattr(part, table.name))
+        return counts
 
 
 @dataclass
@@ -212,6 +268,10 @@ class _People:
     death: np.ndarray  # when the customer silently stops buying (may be after the horizon)
     spend: np.ndarray  # typical order value
     buyer: np.ndarray
+
+    def part(self, rows: slice) -> _People:
+        return _People(self.signup[rows], self.rate[rows], self.regularity[rows], self.death[rows],
+                       self.spend[rows], self.buyer[rows])
 
 
 class _Clock:
@@ -364,12 +424,14 @@ def _events(rng: np.random.Generator, clock: _Clock, season: np.ndarray, people:
     return {"owner": owner[order], "time": t[order], "type": etype[order], "channel": channel[order]}
 
 
-def _numbered(prefix: str, count: int, digits: int) -> np.ndarray:
-    """prefix0000001, prefix0000002, ... as an object array; wider when `count` needs more digits."""
-    numbers = np.arange(1, count + 1).astype(str)
+def _numbered(prefix: str, count: int, digits: int, *, first: int = 1, total: int | None = None) -> np.ndarray:
+    """prefix0000001, prefix0000002, ... as an object array, numbers `first`..; wider when `total`
+    (default `count`) needs more digits, so every chunk of one world numbers alike."""
+    numbers = np.arange(first, first + count).astype(str)
     if count == 0:  # numpy's zfill cannot size an empty array
         return numbers.astype(object)
-    return np.strings.add(prefix, np.strings.zfill(numbers, max(digits, len(str(count))))).astype(object)
+    width = max(digits, len(str(total if total is not None else count)))
+    return np.strings.add(prefix, np.strings.zfill(numbers, width)).astype(object)
 
 
 def _pick(labels: tuple[str, ...], codes: np.ndarray) -> np.ndarray:

@@ -1,26 +1,35 @@
-"""Extract: per-customer aggregates pushed down to SQL, so only one row per customer leaves the database.
+"""Extract: per-customer inputs as of a date, read in bounded chunks; one row per customer comes out.
 
 Only data on or before the as-of date is read (the as-of day is included: everything before
-midnight after it). Windows are counted in SQL with CASE sums, which every SQLAlchemy dialect runs;
-gaps between orders use a LAG window (SQLite 3.25+, PostgreSQL). `tasks.source.FrameSource` computes
-the same aggregates from in-memory frames (a CSV file, no warehouse); tests hold the two equal.
+midnight after it). Events, the big table, are aggregated in SQL (CASE sums in 30-day windows, which
+every SQLAlchemy dialect runs). Orders come back as raw (customer, time, amount) rows in chunks and
+are aggregated with numpy, which beats a SQL LAG window (gaps between orders) by about 4x on SQLite;
+`tasks.source.FrameSource` uses the same numpy code on in-memory frames (a CSV file, no
+warehouse), and tests hold the two equal. Rows skip SQLAlchemy's per-value processing: timestamps
+cross as text (SQLite) or epoch seconds (PostgreSQL) and are parsed a column at a time.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import and_, case, exists, func, select
+from sqlalchemy import Float, String, and_, case, cast, exists, func, select, type_coerce
 from sqlalchemy.engine import Connection, Engine
 
 from infra.warehouse.schema import customers, events, orders
 
 ENGAGEMENT_TYPES = ("app.visit", "product.view", "message.open", "message.click", "group.message")
 EVENT_SCAN_DAYS = 180  # last_event_days looks this far back; counts need only 60 days
+DAY_NS = 86_400 * 10**9
 CUSTOMER_COLUMNS = ["customer_id", "signed_up_at", "timezone", "member_tier", "points", "birthday",
                     "first_name", "advisor_id"]
 ORDER_COLUMNS = ["customer_id", "orders_total", "monetary_total", "first_order_at", "last_order_at",
@@ -50,97 +59,244 @@ def day_end(as_of: dt.date) -> dt.datetime:
     return dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
 
 
-def _frame(conn, stmt, columns: list[str]) -> pd.DataFrame:
-    return pd.DataFrame(conn.execute(stmt).all(), columns=columns)
+CHUNK_ROWS = 250_000  # rows fetched and converted at a time: bounds the Python objects alive at once
 
 
-def _epoch_days(conn: Connection, column):
-    """A timestamp as fractional days, in the dialect's own arithmetic (for gaps between orders)."""
+@dataclass(frozen=True)
+class Shard:
+    """Customers with lo <= customer_id < hi (None: unbounded), so a run can work in bounded slices."""
+
+    lo: str | None = None
+    hi: str | None = None
+
+    def where(self, column) -> list:
+        return [c for c in ((column >= self.lo) if self.lo is not None else None,
+                            (column < self.hi) if self.hi is not None else None) if c is not None]
+
+
+def _stamp(conn: Connection, column):
+    """A timestamp in the form that crosses the driver fastest: SQLite's own text, PostgreSQL's epoch
+    seconds (date_part is double precision), so no Python datetime is built per row."""
     if conn.dialect.name == "sqlite":
-        return func.julianday(column)
-    return func.extract("epoch", column) / 86400.0
+        return type_coerce(column, String)
+    if conn.dialect.name == "postgresql":
+        return func.date_part("epoch", column)
+    return column
 
 
-def extract_customers(conn, as_of: dt.date) -> pd.DataFrame:
-    stmt = select(*(customers.c[c] for c in CUSTOMER_COLUMNS)).where(customers.c.signed_up_at < day_end(as_of))
-    frame = _frame(conn, stmt.order_by(customers.c.customer_id), CUSTOMER_COLUMNS)
-    frame["signed_up_at"] = pd.to_datetime(frame["signed_up_at"])
-    return frame
+def _datetimes(values: pd.Series, dialect: str) -> pd.Series:
+    """What `_stamp` sent back, as datetime64[ns] (NaT for NULL)."""
+    if dialect == "postgresql":
+        seconds = pd.to_numeric(values, errors="coerce").astype("float64")
+        return pd.to_datetime((seconds * 1e6).round(), unit="us").astype("datetime64[ns]")
+    if dialect == "sqlite":
+        return pd.to_datetime(values, format="ISO8601").astype("datetime64[ns]")
+    return pd.to_datetime(values).astype("datetime64[ns]")
 
 
-def extract_orders(conn, as_of: dt.date) -> pd.DataFrame:
-    end = day_end(as_of)
-    t = orders.c
-    day = _epoch_days(conn, t.ordered_at)
-    lagged = (
-        select(t.customer_id, t.ordered_at, t.amount,
-               (day - func.lag(day).over(partition_by=t.customer_id, order_by=t.ordered_at)).label("gap"))
-        .where(t.ordered_at < end)
-        .subquery()
-    )
-    o = lagged.c
+def _chunks(conn: Connection, stmt, columns: list[str], *, stamps: tuple[str, ...] = (),
+            chunk: int | None = None) -> Iterator[pd.DataFrame]:
+    """The statement's rows as frames of at most `chunk` rows, straight from the driver's cursor.
 
-    def window(days: int, value=1, until: int = 0):
-        since = o.ordered_at >= end - dt.timedelta(days=days)
-        cond = and_(since, o.ordered_at < end - dt.timedelta(days=until)) if until else since
-        return func.sum(case((cond, value), else_=0))
-
-    stmt = (
-        select(
-            o.customer_id,
-            func.count().label("orders_total"),
-            func.sum(o.amount).label("monetary_total"),
-            func.min(o.ordered_at).label("first_order_at"),
-            func.max(o.ordered_at).label("last_order_at"),
-            window(30).label("orders_30d"),
-            window(90).label("orders_90d"),
-            window(180, until=90).label("orders_prev_90d"),
-            window(180).label("orders_180d"),
-            window(365).label("orders_365d"),
-            window(30, o.amount).label("monetary_30d"),
-            window(90, o.amount).label("monetary_90d"),
-            window(180, o.amount, until=90).label("monetary_prev_90d"),
-            window(365, o.amount).label("monetary_365d"),
-            func.sum(o.gap * o.gap).label("gap_sq_sum"),
-            func.max(o.gap).label("max_gap_days"),
-        )
-        .group_by(o.customer_id)
-    )
-    frame = _frame(conn, stmt, ORDER_COLUMNS)
-    for c in ("first_order_at", "last_order_at"):
-        frame[c] = pd.to_datetime(frame[c])
-    return frame
+    SQLAlchemy renders the statement (values inline: dates, kinds and shard bounds, never user text);
+    the rows skip its per-value result processing and pandas builds each frame from the driver's
+    tuples, about 4x faster than from Row objects. PostgreSQL streams through a server-side cursor.
+    """
+    sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    raw = conn.connection.driver_connection
+    postgres = conn.dialect.name == "postgresql"
+    cursor = raw.cursor(name=f"lifecycle_{uuid.uuid4().hex[:12]}") if postgres else raw.cursor()
+    try:
+        cursor.execute(sql)
+        while rows := cursor.fetchmany(chunk or CHUNK_ROWS):
+            frame = pd.DataFrame(rows, columns=columns)
+            for c in stamps:
+                frame[c] = _datetimes(frame[c], conn.dialect.name)
+            yield frame
+    finally:
+        cursor.close()
 
 
-def extract_events(conn, as_of: dt.date) -> pd.DataFrame:
-    """Interaction counts in the last 30 days and the 30 before, by kind, and the last interaction."""
+def _frame(conn: Connection, stmt, columns: list[str], *, stamps: tuple[str, ...] = ()) -> pd.DataFrame:
+    parts = list(_chunks(conn, stmt, columns, stamps=stamps))
+    if not parts:
+        empty = pd.DataFrame({c: pd.Series(dtype="datetime64[ns]" if c in stamps else object) for c in columns})
+        return empty
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+
+
+def extract_customers(conn, as_of: dt.date, shard: Shard | None = None) -> pd.DataFrame:
+    c = customers.c
+    cols = [_stamp(conn, c[n]) if n in ("signed_up_at", "birthday") else c[n] for n in CUSTOMER_COLUMNS]
+    stmt = (select(*cols).where(c.signed_up_at < day_end(as_of), *(shard.where(c.customer_id) if shard else ()))
+            .order_by(c.customer_id))
+    return _frame(conn, stmt, CUSTOMER_COLUMNS, stamps=("signed_up_at", "birthday"))
+
+
+def extract_orders(conn, as_of: dt.date, shard: Shard | None = None, *,
+                   known: pd.Index | None = None) -> pd.DataFrame:
+    """Orders up to the as-of day, read in chunks as (customer code, time, amount) arrays and
+    aggregated with numpy: one pass, no per-customer Python, the frame source's own arithmetic.
+
+    Reading the raw rows beats a GROUP BY with a LAG window (gaps between orders) in SQL by about
+    4x on SQLite, and stays bounded: three numbers a row, customer ids kept once each. `known`: the
+    customer ids already read (unique), so most rows are coded with one hash lookup.
+    """
+    o = orders.c
+    stmt = select(o.customer_id, _stamp(conn, o.ordered_at), cast(o.amount, Float)).where(
+        o.ordered_at < day_end(as_of), *(shard.where(o.customer_id) if shard else ()))
+    ids = _Codes(known)
+    codes, times, amounts = [], [], []
+    for part in _chunks(conn, stmt, ["customer_id", "ordered_at", "amount"], stamps=("ordered_at",)):
+        codes.append(ids.encode(part["customer_id"].to_numpy()))
+        times.append(part["ordered_at"].to_numpy("datetime64[ns]").view("int64"))
+        amounts.append(part["amount"].to_numpy(dtype="float64"))
+    code, names = ids.sorted(np.concatenate(codes) if codes else np.empty(0, dtype=np.int64))
+    t = np.concatenate(times) if times else np.empty(0, dtype=np.int64)
+    amount = np.concatenate(amounts) if amounts else np.empty(0, dtype="float64")
+    order = np.lexsort((t, code))
+    return order_aggregates(names, code[order], t[order], amount[order], pd.Timestamp(day_end(as_of)).value)
+
+
+class _Codes:
+    """Customer ids seen so far, each kept once; rows become integer codes chunk by chunk."""
+
+    def __init__(self, known: pd.Index | None = None) -> None:
+        self.index = pd.Index([], dtype=object) if known is None else pd.Index(known, dtype=object)
+        self.grown = False
+
+    def encode(self, ids: np.ndarray) -> np.ndarray:
+        local, uniques = pd.factorize(ids)
+        where = self.index.get_indexer(uniques)
+        new = where < 0
+        if new.any():
+            where[new] = len(self.index) + np.arange(int(new.sum()))
+            self.index = self.index.append(pd.Index(np.asarray(uniques, dtype=object)[new], dtype=object))
+            self.grown = True
+        return where[local].astype(np.int64)
+
+    def sorted(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Codes renumbered in customer-id order, and the ids in that order."""
+        names = self.index.to_numpy(dtype=object)
+        if not self.grown and self.index.is_monotonic_increasing:
+            return codes, names
+        order = np.argsort(names, kind="stable")
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        return rank[codes], names[order]
+
+
+def order_aggregates(ids: np.ndarray, code: np.ndarray, t: np.ndarray, amount: np.ndarray, end: int) -> pd.DataFrame:
+    """Per-customer order aggregates (ORDER_COLUMNS) from orders sorted by (code, time), all before `end`.
+
+    `ids[code]` names each row's customer; times are int64 nanoseconds. Shared by the warehouse and
+    the in-memory source, so both compute every aggregate with the same arithmetic. Money is summed
+    in whole cents, exactly (amounts carry two decimals), so a total kept up to date day by day
+    (tasks/incremental.py) equals one summed afresh to the last bit.
+    """
+    n = len(ids)
+    cents = np.round(amount * 100.0)
+    count = np.bincount(code, minlength=n)
+    present = count > 0
+    age = end - t
+
+    def total(mask=None, weights=None):
+        w = weights if mask is None else (mask if weights is None else np.where(mask, weights, 0.0))
+        return np.bincount(code, weights=w, minlength=n) if w is not None else count
+
+    def within(days: int, until: int = 0):
+        return (age <= days * DAY_NS) & (age > until * DAY_NS)
+
+    # rows are sorted by (customer, time): a customer's first and last rows bound the run
+    starts = np.cumsum(count) - count
+    first = np.where(present, t[np.minimum(starts, max(len(t) - 1, 0))] if len(t) else 0, 0)
+    last = np.where(present, t[np.maximum(starts + count - 1, 0)] if len(t) else 0, 0)
+    same = np.r_[False, code[1:] == code[:-1]]
+    gap = np.where(same, np.diff(t, prepend=t[:1]) / DAY_NS, 0.0)
+    max_gap = np.full(n, -np.inf)
+    np.maximum.at(max_gap, code[same], gap[same]) if same.any() else None
+    frame = pd.DataFrame({
+        "customer_id": ids,
+        "orders_total": count,
+        "monetary_total": total(weights=cents) / 100.0,
+        "first_order_at": pd.to_datetime(first),
+        "last_order_at": pd.to_datetime(last),
+        "orders_30d": total(within(30)).astype(np.int64),
+        "orders_90d": total(within(90)).astype(np.int64),
+        "orders_prev_90d": total(within(180, 90)).astype(np.int64),
+        "orders_180d": total(within(180)).astype(np.int64),
+        "orders_365d": total(within(365)).astype(np.int64),
+        "monetary_30d": total(within(30), cents) / 100.0,
+        "monetary_90d": total(within(90), cents) / 100.0,
+        "monetary_prev_90d": total(within(180, 90), cents) / 100.0,
+        "monetary_365d": total(within(365), cents) / 100.0,
+        "gap_sq_sum": np.bincount(code, weights=gap * gap, minlength=n),
+        "max_gap_days": np.where(np.isfinite(max_gap), max_gap, np.nan),
+    })
+    return frame[present].reset_index(drop=True)
+
+
+def extract_events(conn, as_of: dt.date, shard: Shard | None = None) -> pd.DataFrame:
+    """Interaction counts in the last 30 days and the 30 before, by kind, and the last interaction.
+
+    Aggregated in SQL (the events table is the big one: only one row per customer comes back), in
+    two parts: counts and the latest interaction over the last 60 days, and only the latest one over
+    the 120 days before (no counts there: about 60% of the rows need one MAX, not eight sums).
+    Only engagement kinds are read; a customer with other kinds alone gets zeros either way.
+    """
+    return merge_events(_frame(conn, recent_events(conn, as_of, shard), EVENT_COLUMNS, stamps=("last_event_at",)),
+                        _frame(conn, older_events(conn, as_of, shard), ["customer_id", "last_event_at"],
+                               stamps=("last_event_at",)))
+
+
+def recent_events(conn: Connection, as_of: dt.date, shard: Shard | None = None):
+    """EVENT_COLUMNS from the engagement events of the 60 days up to the as-of day."""
     end = day_end(as_of)
     mid, start = end - dt.timedelta(days=30), end - dt.timedelta(days=60)
     t = events.c
     recent = t.occurred_at >= mid
-    before = and_(t.occurred_at >= start, ~recent)
 
     def count(condition):
         return func.sum(case((condition, 1), else_=0))
 
-    stmt = (
+    return (
         select(
             t.customer_id,
             count(and_(recent, t.type == "app.visit")).label("visits_30d"),
-            count(and_(before, t.type == "app.visit")).label("visits_prev_30d"),
+            count(and_(~recent, t.type == "app.visit")).label("visits_prev_30d"),
             count(and_(recent, t.type == "message.open")).label("opens_30d"),
             count(and_(recent, t.type == "message.click")).label("clicks_30d"),
             count(and_(recent, t.type == "group.message")).label("group_30d"),
-            count(and_(recent, t.type.in_(ENGAGEMENT_TYPES))).label("engagement_30d"),
-            count(and_(before, t.type.in_(ENGAGEMENT_TYPES))).label("engagement_prev_30d"),
-            func.max(case((t.type.in_(ENGAGEMENT_TYPES), t.occurred_at), else_=None)).label("last_event_at"),
+            count(recent).label("engagement_30d"),
+            count(~recent).label("engagement_prev_30d"),
+            _stamp(conn, func.max(t.occurred_at)).label("last_event_at"),
         )
-        .where(t.occurred_at >= end - dt.timedelta(days=EVENT_SCAN_DAYS), t.occurred_at < end)
+        .where(t.occurred_at >= start, t.occurred_at < end, t.type.in_(ENGAGEMENT_TYPES),
+               *(shard.where(t.customer_id) if shard else ()))
         .group_by(t.customer_id)
     )
-    frame = _frame(conn, stmt, EVENT_COLUMNS)
-    frame["last_event_at"] = pd.to_datetime(frame["last_event_at"])
-    return frame
+
+
+def older_events(conn: Connection, as_of: dt.date, shard: Shard | None = None):
+    """The latest engagement event between EVENT_SCAN_DAYS and 60 days before the end of the as-of day."""
+    end = day_end(as_of)
+    t = events.c
+    return (
+        select(t.customer_id, _stamp(conn, func.max(t.occurred_at)).label("last_event_at"))
+        .where(t.occurred_at >= end - dt.timedelta(days=EVENT_SCAN_DAYS), t.occurred_at < end - dt.timedelta(days=60),
+               t.type.in_(ENGAGEMENT_TYPES), *(shard.where(t.customer_id) if shard else ()))
+        .group_by(t.customer_id)
+    )
+
+
+def merge_events(recent: pd.DataFrame, older: pd.DataFrame) -> pd.DataFrame:
+    """One row per customer seen in either part: counts from the recent part (zero without), the
+    latest interaction from the recent part when there is one (it is always later)."""
+    only_older = older[~older["customer_id"].isin(recent["customer_id"])]
+    frame = pd.concat([recent, only_older], ignore_index=True)
+    for c in EVENT_COLUMNS[1:-1]:
+        frame[c] = frame[c].fillna(0).astype(np.int64)
+    return frame.sort_values("customer_id", ignore_index=True)[EVENT_COLUMNS]
 
 
 def has_events(conn) -> bool:
@@ -148,25 +304,59 @@ def has_events(conn) -> bool:
     return bool(conn.execute(select(exists().select_from(events))).scalar())
 
 
-def extract_all(engine: Engine, as_of: dt.date) -> Extract:
-    """One read-only transaction, so the reads see the same warehouse state."""
+def extract_all(engine: Engine, as_of: dt.date, *, shard: Shard | None = None) -> Extract:
+    """Customers, order and event aggregates as of a date; `shard` limits them to a range of ids.
+
+    The two events aggregates run in the database on connections of their own while this thread
+    reads the customers and orders: the database aggregates (without the GIL) while Python converts
+    rows, so both cores work. Each read sees the data committed when it starts (READ COMMITTED on
+    PostgreSQL, a WAL snapshot per statement on SQLite), as separate statements always did.
+    """
     with engine.connect() as conn:
-        ev = extract_events(conn, as_of) if has_events(conn) else None
-        return Extract(as_of, extract_customers(conn, as_of), extract_orders(conn, as_of), ev)
+        if not has_events(conn):
+            return Extract(as_of, extract_customers(conn, as_of, shard), extract_orders(conn, as_of, shard), None)
+
+    def aggregate(statement, columns: list[str]) -> pd.DataFrame:
+        with engine.connect() as conn:
+            return _frame(conn, statement(conn, as_of, shard), columns, stamps=("last_event_at",))
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="extract") as pool:
+        recent = pool.submit(aggregate, recent_events, EVENT_COLUMNS)
+        older = pool.submit(aggregate, older_events, ["customer_id", "last_event_at"])
+        with engine.connect() as conn:
+            cust = extract_customers(conn, as_of, shard)
+            ords = extract_orders(conn, as_of, shard, known=pd.Index(cust["customer_id"]))
+        return Extract(as_of, cust, ords, merge_events(recent.result(), older.result()))
 
 
-def future_order_customers(engine: Engine, start: dt.date, days: int) -> set[str]:
+def future_order_customers(engine: Engine, start: dt.date, days: int, *, shard: Shard | None = None) -> set[str]:
     """Customers with an order in the `days` days after `start` (the churn label window)."""
     begin = day_end(start)
     stmt = (
         select(orders.c.customer_id)
-        .where(orders.c.ordered_at >= begin, orders.c.ordered_at < begin + dt.timedelta(days=days))
+        .where(orders.c.ordered_at >= begin, orders.c.ordered_at < begin + dt.timedelta(days=days),
+               *(shard.where(orders.c.customer_id) if shard else ()))
         .distinct()
     )
     with engine.connect() as conn:
         return set(conn.execute(stmt).scalars())
 
 
+INCREMENTAL_ENV = "LIFECYCLE_INCREMENTAL_FEATURES"
+
+
 @task(name="extract", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def extract(engine: Engine, as_of: dt.date) -> Extract:
-    return extract_all(engine, as_of)
+def extract(engine: Engine, as_of: dt.date, incremental: bool | None = None) -> Extract:
+    """The run's inputs; with `incremental` (default: LIFECYCLE_INCREMENTAL_FEATURES=1) from the kept
+    feature state moved forward to as_of (tasks/incremental.py), which gives the same Extract."""
+    if incremental is None:
+        incremental = os.environ.get(INCREMENTAL_ENV, "") not in ("", "0", "false", "no")
+    if not incremental:
+        return extract_all(engine, as_of)
+    from prefect import get_run_logger
+
+    from tasks.incremental import extract_incremental
+
+    raw, how = extract_incremental(engine, as_of)
+    get_run_logger().info("aggregates as of %s from the incremental feature state: %s", as_of, how)
+    return raw

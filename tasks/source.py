@@ -17,10 +17,8 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from tasks.extract import (ENGAGEMENT_TYPES, EVENT_SCAN_DAYS, Extract, day_end, extract_all,
-                           future_order_customers)
-
-DAY_NS = 86_400 * 10**9
+from tasks.extract import (DAY_NS, ENGAGEMENT_TYPES, EVENT_SCAN_DAYS, Extract, Shard, day_end, extract_all,
+                           future_order_customers, order_aggregates)
 
 
 class Source(Protocol):
@@ -37,15 +35,17 @@ class Source(Protocol):
 
 @dataclass
 class SqlSource:
-    """The warehouse: aggregates are computed by the database; one row per customer comes back."""
+    """The warehouse: one row per customer comes back; `shard` limits it to a range of customer ids
+    (e.g. training on the first 100,000 customers of a big warehouse)."""
 
     engine: Engine
+    shard: Shard | None = None
 
     def extract(self, as_of: dt.date) -> Extract:
-        return extract_all(self.engine, as_of)
+        return extract_all(self.engine, as_of, shard=self.shard)
 
     def buyers(self, start: dt.date, days: int) -> set[str]:
-        return future_order_customers(self.engine, start, days)
+        return future_order_customers(self.engine, start, days, shard=self.shard)
 
     def last_order_day(self) -> dt.date | None:
         from infra.warehouse.schema import orders
@@ -59,7 +59,10 @@ class SqlSource:
     def describe(self) -> str:
         from infra.warehouse.db import display_url
 
-        return display_url(str(self.engine.url))
+        where = display_url(str(self.engine.url))
+        if self.shard is None:
+            return where
+        return f"{where} (customers {self.shard.lo or 'first'} to {self.shard.hi or 'last'})"
 
 
 @dataclass
@@ -125,46 +128,7 @@ class FrameSource:
     def _orders_at(self, end: int) -> pd.DataFrame:
         o = self._o
         keep = o["t"] < end
-        code, t, amount = o["code"][keep], o["t"][keep], o["amount"][keep]
-        n = len(o["ids"])
-        count = np.bincount(code, minlength=n)
-        present = count > 0
-        age = end - t
-
-        def total(mask=None, weights=None):
-            w = weights if mask is None else (mask if weights is None else np.where(mask, weights, 0.0))
-            return np.bincount(code, weights=w, minlength=n) if w is not None else count
-
-        def within(days: int, until: int = 0):
-            return (age <= days * DAY_NS) & (age > until * DAY_NS)
-
-        # rows are sorted by (customer, time): a customer's first and last rows bound the run
-        starts = np.cumsum(count) - count
-        first = np.where(present, t[np.minimum(starts, max(len(t) - 1, 0))] if len(t) else 0, 0)
-        last = np.where(present, t[np.maximum(starts + count - 1, 0)] if len(t) else 0, 0)
-        same = np.r_[False, code[1:] == code[:-1]]
-        gap = np.where(same, np.diff(t, prepend=t[:1]) / DAY_NS, 0.0)
-        max_gap = np.full(n, -np.inf)
-        np.maximum.at(max_gap, code[same], gap[same]) if same.any() else None
-        frame = pd.DataFrame({
-            "customer_id": o["ids"],
-            "orders_total": count,
-            "monetary_total": total(weights=amount),
-            "first_order_at": pd.to_datetime(first),
-            "last_order_at": pd.to_datetime(last),
-            "orders_30d": total(within(30)).astype(np.int64),
-            "orders_90d": total(within(90)).astype(np.int64),
-            "orders_prev_90d": total(within(180, 90)).astype(np.int64),
-            "orders_180d": total(within(180)).astype(np.int64),
-            "orders_365d": total(within(365)).astype(np.int64),
-            "monetary_30d": total(within(30), amount),
-            "monetary_90d": total(within(90), amount),
-            "monetary_prev_90d": total(within(180, 90), amount),
-            "monetary_365d": total(within(365), amount),
-            "gap_sq_sum": np.bincount(code, weights=gap * gap, minlength=n),
-            "max_gap_days": np.where(np.isfinite(max_gap), max_gap, np.nan),
-        })
-        return frame[present].reset_index(drop=True)
+        return order_aggregates(o["ids"], o["code"][keep], o["t"][keep], o["amount"][keep], end)
 
     def _events_at(self, end: int) -> pd.DataFrame | None:
         if self._e is None:

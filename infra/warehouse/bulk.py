@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TypeVar
 
 import numpy as np
@@ -49,6 +49,34 @@ def bulk_insert(conn: Connection, table: Table, frame: pd.DataFrame) -> int:
     return len(frame)
 
 
+def insert_ignore(conn: Connection, table: Table, frame: pd.DataFrame, keys: Sequence[str]) -> None:
+    """Insert the rows whose `keys` are not in the table yet; rows already there win (a concurrent writer's
+    included: the database's unique constraint decides). PostgreSQL: COPY into a temporary table, then
+    INSERT ... SELECT ... ON CONFLICT DO NOTHING; SQLite: INSERT OR IGNORE, executemany."""
+    if frame.empty:
+        return
+    cols = [c for c in frame.columns if c in table.c]
+    frame = frame[cols]
+    names = ", ".join(f'"{c}"' for c in cols)
+    if conn.dialect.name == "postgresql" and hasattr(conn.connection.driver_connection.cursor(), "copy_expert"):
+        temp = f"_new_{table.name}"
+        conn.exec_driver_sql(f'CREATE TEMPORARY TABLE IF NOT EXISTS "{temp}" (LIKE "{table.name}") ON COMMIT DELETE ROWS')
+        for start in range(0, len(frame), CHUNK_ROWS):
+            _copy_postgres(conn, table, frame.iloc[start : start + CHUNK_ROWS], into=temp)
+        conflict = ", ".join(f'"{k}"' for k in keys)
+        conn.exec_driver_sql(f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM "{temp}" '
+                             f"ON CONFLICT ({conflict}) DO NOTHING")
+        conn.exec_driver_sql(f'DELETE FROM "{temp}"')
+    elif conn.dialect.name == "sqlite":
+        for start in range(0, len(frame), CHUNK_ROWS):
+            _executemany_sqlite(conn, table, frame.iloc[start : start + CHUNK_ROWS], verb="INSERT OR IGNORE")
+    else:  # pragma: no cover - other backends: the generic statement, still guarded by the key
+        from sqlalchemy.dialects import postgresql
+
+        stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+        conn.execute(stmt, frame.astype(object).where(frame.notna(), None).to_dict("records"))
+
+
 def bulk_load(conn: Connection, table: Table, frame: pd.DataFrame) -> int:
     """bulk_insert with the table's indexes dropped and rebuilt: for loading a large frame at once.
 
@@ -56,12 +84,28 @@ def bulk_load(conn: Connection, table: Table, frame: pd.DataFrame) -> int:
     (SQLite, 2.7M events: 21 s vs 6 s). Run it inside a transaction: readers never see the table
     unindexed, and a failure restores the indexes with everything else.
     """
-    for index in table.indexes:
-        index.drop(conn, checkfirst=True)
-    rows = bulk_insert(conn, table, frame)
-    for index in table.indexes:
-        index.create(conn)
-    return rows
+    with without_indexes(conn, [table]):
+        return bulk_insert(conn, table, frame)
+
+
+@contextmanager
+def without_indexes(conn: Connection, tables: Sequence[Table]) -> Iterator[None]:
+    """Drop the tables' indexes for a load of many chunks and build them once at the end.
+
+    Inside the caller's transaction: on an error the transaction's rollback restores them.
+    """
+    raw = conn.connection.driver_connection
+    if conn.dialect.name == "sqlite" and not raw.in_transaction:
+        # pysqlite opens its transaction at the first INSERT, not before DDL: without this BEGIN the
+        # DROP INDEX would commit at once and a failed load would leave the tables unindexed
+        conn.exec_driver_sql("BEGIN")
+    for table in tables:
+        for index in table.indexes:
+            index.drop(conn, checkfirst=True)
+    yield
+    for table in tables:
+        for index in table.indexes:
+            index.create(conn)
 
 
 def _as_sql_text(value):
@@ -84,14 +128,14 @@ def _sqlite_values(series: pd.Series) -> list:
     return [v.item() if isinstance(v, np.generic) else v for v in values.tolist()]
 
 
-def _executemany_sqlite(conn: Connection, table: Table, chunk: pd.DataFrame) -> None:
+def _executemany_sqlite(conn: Connection, table: Table, chunk: pd.DataFrame, verb: str = "INSERT") -> None:
     columns = list(chunk.columns)
     rows = list(zip(*(_sqlite_values(chunk[c]) for c in columns)))
-    sql = f'INSERT INTO "{table.name}" ({", ".join(columns)}) VALUES ({", ".join("?" * len(columns))})'
+    sql = f'{verb} INTO "{table.name}" ({", ".join(columns)}) VALUES ({", ".join("?" * len(columns))})'
     conn.exec_driver_sql(sql, rows)
 
 
-def _copy_postgres(conn: Connection, table: Table, chunk: pd.DataFrame) -> None:
+def _copy_postgres(conn: Connection, table: Table, chunk: pd.DataFrame, into: str | None = None) -> None:
     raw = conn.connection.driver_connection
     if not hasattr(raw, "cursor") or not hasattr(raw.cursor(), "copy_expert"):  # psycopg2 only
         conn.execute(table.insert(), chunk.astype(object).where(chunk.notna(), None).to_dict("records"))
@@ -108,4 +152,4 @@ def _copy_postgres(conn: Connection, table: Table, chunk: pd.DataFrame) -> None:
     buf.seek(0)
     cols = ", ".join(f'"{c}"' for c in out.columns)
     with raw.cursor() as cursor:
-        cursor.copy_expert(f'COPY "{table.name}" ({cols}) FROM STDIN WITH (FORMAT csv, NULL \'\\N\')', buf)
+        cursor.copy_expert(f'COPY "{into or table.name}" ({cols}) FROM STDIN WITH (FORMAT csv, NULL \'\\N\')', buf)

@@ -159,6 +159,37 @@ event_watermarks = Table(
     Column("updated_at", DateTime, nullable=False),
 )
 
+# Each customer's order and event aggregates as of the last run that kept them (tasks/incremental.py):
+# the next day's run adds what entered or left each window instead of aggregating every row again.
+_FEATURE_COUNTS = ("orders_total", "orders_30d", "orders_90d", "orders_prev_90d", "orders_180d", "orders_365d",
+                   "visits_30d", "visits_prev_30d", "opens_30d", "clicks_30d", "group_30d", "engagement_30d",
+                   "engagement_prev_30d")
+feature_state = Table(
+    "feature_state",
+    metadata,
+    Column("customer_id", String(64), primary_key=True),
+    *(Column(name, Integer, nullable=False) for name in _FEATURE_COUNTS),
+    # whole cents over 100, so the state adds and subtracts exactly
+    *(Column(name, Float, nullable=False) for name in ("monetary_total", "monetary_30d", "monetary_90d",
+                                                       "monetary_prev_90d", "monetary_365d")),
+    Column("first_order_at", DateTime),
+    Column("last_order_at", DateTime),
+    Column("gap_sq_sum", Float, nullable=False),
+    Column("max_gap_days", Float),
+    Column("last_event_at", DateTime),  # NULL: no engagement event in the 180 days before as_of
+)
+
+# How far feature_state is: its as-of day and row counts that reveal rows arriving late (dated before it).
+feature_watermark = Table(
+    "feature_watermark",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("as_of", Date, nullable=False),
+    Column("orders_before", BigInteger, nullable=False),  # orders dated before the end of as_of
+    Column("events_window", BigInteger, nullable=False),  # events in the 180 days up to the end of as_of
+    Column("updated_at", DateTime, nullable=False),
+)
+
 # Customers nobody may message: complaints, hard bounces, manual blocks. `channel` is a consent
 # channel (sms / email / push / wecom); NULL suppresses every channel.
 suppressions = Table(
