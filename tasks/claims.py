@@ -1,7 +1,7 @@
 """The touch ledger's claim protocol: exactly-once delivery across crashes and concurrent runs.
 
 1. `insert_absent` writes the run's decisions as ledger rows; a key already there (an earlier or a
-   concurrent run) is left alone: INSERT ... ON CONFLICT DO NOTHING / INSERT OR IGNORE on the primary key.
+   concurrent run) is left alone: INSERT ... ON CONFLICT DO NOTHING (after a COPY) / INSERT OR IGNORE.
 2. `claim` takes a batch of `planned` keys for this run with one conditional UPDATE: only rows nobody
    holds, or whose holder's lease ran out (a crashed run), change hands. The database serialises the
    two UPDATEs of a row, so two concurrent runs can never both own, and both deliver, the same key.
@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from infra.warehouse.bulk import chunks, utcnow
+from infra.warehouse.bulk import chunks, insert_ignore, utcnow
 from infra.warehouse.schema import touches
 
 if TYPE_CHECKING:
@@ -48,21 +47,9 @@ def new_token() -> str:
 
 
 def insert_absent(engine: Engine, ledger: pd.DataFrame) -> None:
-    """Insert ledger rows whose touch_key is not there yet; existing rows win."""
-    if ledger.empty:
-        return
-    clean = ledger.astype(object).where(ledger.notna(), None)
-    rows = clean.to_dict("records")
-    dialect = engine.dialect.name
-    if dialect == "postgresql":
-        stmt = postgresql.insert(touches).on_conflict_do_nothing(index_elements=["touch_key"])
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(touches).on_conflict_do_nothing(index_elements=["touch_key"])
-    else:  # pragma: no cover - other backends fall back to the generic form (still guarded by the PK)
-        stmt = touches.insert().prefix_with("IGNORE")
+    """Insert ledger rows whose touch_key is not there yet; existing rows win (the primary key decides)."""
     with engine.begin() as conn:
-        for part in chunks(rows, CHUNK):
-            conn.execute(stmt, part)
+        insert_ignore(conn, touches, ledger, ["touch_key"])
 
 
 def claim(engine: Engine, keys: Sequence[str], token: str) -> set[str]:

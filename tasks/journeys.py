@@ -21,25 +21,19 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 from sqlalchemy import and_, exists, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from flows.plan import FollowUpPlan, Plan, SegmentPlan
-from infra.warehouse.bulk import chunks, utcnow
+from infra.warehouse.bulk import chunks, insert_ignore, utcnow
 from infra.warehouse.schema import events, journeys, orders, plans, touches
 
 ENTERED = ("planned", "sent", "deferred", "held_out")
 
 
 def _insert_ignore(engine: Engine, table, rows: list[dict], keys: list[str]) -> None:
-    if not rows:
-        return
-    dialect = engine.dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(table).on_conflict_do_nothing(index_elements=keys)
-    with engine.begin() as conn:
-        for part in chunks(rows, 2_000):
-            conn.execute(stmt, part)
+    if rows:
+        with engine.begin() as conn:
+            insert_ignore(conn, table, pd.DataFrame(rows), keys)
 
 
 def remember_plan(engine: Engine, plan: Plan) -> None:

@@ -33,3 +33,20 @@ def test_gaps_dates_and_timestamps_round_trip(any_url):
     assert rows["b"].points is None and rows["b"].birthday is None and rows["b"].first_name is None
     assert rows["c"].birthday == dt.date(2000, 2, 29) and rows["c"].first_name == "Ann, \"quoted\"\nnewline"
     assert later == ["b"]  # stored timestamps compare correctly with bound ones
+
+
+def test_insert_ignore_keeps_the_rows_already_there(any_url):
+    from infra.warehouse.bulk import insert_ignore
+
+    engine = open_warehouse(any_url, create=True)
+    upgrade(engine)
+    first = pd.DataFrame({"customer_id": ["a", "b"], "signed_up_at": pd.to_datetime(["2025-01-01", "2025-01-02"]),
+                          "timezone": ["UTC", "UTC"], "first_name": ["Old A", "Old B"]})
+    again = pd.DataFrame({"customer_id": ["b", "c"], "signed_up_at": pd.to_datetime(["2025-02-01", "2025-02-02"]),
+                          "timezone": ["UTC", "UTC"], "first_name": ["New B", "New C"]})
+    for frame in (first, again, again):  # the same batch twice, as a rerun would write it
+        with engine.begin() as conn:
+            insert_ignore(conn, customers, frame, ["customer_id"])
+    with engine.connect() as conn:
+        names = dict(conn.execute(select(customers.c.customer_id, customers.c.first_name)).all())
+    assert names == {"a": "Old A", "b": "Old B", "c": "New C"}
