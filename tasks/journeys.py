@@ -76,19 +76,20 @@ def enter(engine: Engine, plan: Plan, as_of: dt.date) -> int:
         rows = conn.execute(select(t.customer_id, t.segment, t.status).where(
             t.playbook == plan.name, t.plan_hash == plan.plan_hash, t.as_of == as_of, t.step == "main",
             t.status.in_(ENTERED))).all()
+    frame = pd.DataFrame(rows, columns=["customer_id", "segment", "status"])
+    held = (frame["status"] == "held_out").to_numpy()
     first = _next_step(plan, -1)
-    now = utcnow()
-    records = [{
-        "playbook": plan.name, "customer_id": c, "entered_on": as_of, "plan_hash": plan.plan_hash,
-        "playbook_version": plan.version, "segment": seg,
-        "arm": "holdout" if status == "held_out" else "treated",
-        "state": "held_out" if status == "held_out" else ("active" if first is not None else "done"),
-        "next_step": first if status != "held_out" else None,
-        "next_due": as_of + dt.timedelta(days=plan.follow_ups[first].after_days)
-        if first is not None and status != "held_out" else None,
-        "updated_at": now,
-    } for c, seg, status in rows]
-    _insert_ignore(engine, journeys, records, ["playbook", "customer_id", "entered_on"])
+    due = as_of + dt.timedelta(days=plan.follow_ups[first].after_days) if first is not None else None
+    records = frame[["customer_id", "segment"]].assign(
+        playbook=plan.name, entered_on=as_of, plan_hash=plan.plan_hash, playbook_version=plan.version,
+        arm=np.where(held, "holdout", "treated"),
+        state=np.where(held, "held_out", "active" if first is not None else "done"),
+        next_step=pd.array([None if h or first is None else first for h in held], dtype="Int64"),
+        next_due=[None if h else due for h in held],
+        updated_at=utcnow())
+    if len(records):
+        with engine.begin() as conn:
+            insert_ignore(conn, journeys, records, ["playbook", "customer_id", "entered_on"])
     return len(records)
 
 
