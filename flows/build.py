@@ -191,7 +191,6 @@ def _publish(plan: Plan, summary: dict[str, Any]) -> None:
         for seg, n in summary["segments"].items()
     ]
     create_table_artifact(table=rows, key=f"{key}-segments", description="customers per segment and tier")
-    measured = summary.get("measured")
     if measured and measured.get("table"):
         create_table_artifact(table=measured["table"], key=f"{key}-effect",
                               description="measured effect of recent runs: treated vs control, with intervals")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import zoneinfo
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +34,7 @@ def default_as_of(plan: Plan) -> dt.date:
     """
     from prefect.runtime import flow_run
 
-    start = flow_run.scheduled_start_time or dt.datetime.now(dt.UTC)
-    tz = zoneinfo.ZoneInfo(plan.schedule.timezone) if plan.schedule else dt.UTC
-    return start.astimezone(tz).date()
+    return plan.local_day(flow_run.scheduled_start_time or dt.datetime.now(dt.UTC))
 
 
 def run_name() -> str:

@@ -8,8 +8,10 @@ splits, follow-up steps, guardrails, the experiment, the goal, the schedule and 
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
+import zoneinfo
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -164,6 +166,11 @@ class Plan(_Frozen):
         """Hash of the content, not of where the file lies: a copied playbook keeps its hash."""
         content = self.model_dump(mode="json", exclude={"source"})
         return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+    def local_day(self, at: datetime.datetime) -> datetime.date:
+        """The day an (aware) instant falls on in the schedule's timezone, else UTC: a run's as-of day."""
+        tz = zoneinfo.ZoneInfo(self.schedule.timezone) if self.schedule else datetime.UTC
+        return at.astimezone(tz).date()
 
     @property
     def channels(self) -> list[str]:

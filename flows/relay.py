@@ -13,7 +13,6 @@ import datetime as dt
 import logging
 import os
 import time
-import zoneinfo
 from typing import Any, Literal
 
 from prefect import flow
@@ -71,7 +70,7 @@ def relay_flow(playbooks: list[str], mode: str | None = None) -> dict[str, Any]:
             if plan.trigger.event != event_type:
                 continue
             model = registry.require(engine, plan.model) if plan.model else None
-            summary = run_plan(plan, path, _local_day(plan, end), dry_run=False,
+            summary = run_plan(plan, path, plan.local_day(end.replace(tzinfo=dt.UTC)), dry_run=False,
                                model_version=model.version if model else None, window=(start, end))
             runs.append({"playbook": plan.name, "triggered_by": summary.get("triggered_by", 0),
                          "touches": summary["touches"]})
@@ -86,12 +85,6 @@ def relay_flow(playbooks: list[str], mode: str | None = None) -> dict[str, Any]:
     if broken:
         log.warning("event relay: %d playbook(s) skipped because they do not compile: %s", len(broken), broken)
     return {"mode": mode, "windows": windows, "runs": runs, "broken": broken}
-
-
-def _local_day(plan: Plan, end: dt.datetime) -> dt.date:
-    """The as-of day of a triggered run: the window's end, in the schedule's timezone (as deployed runs do)."""
-    tz = zoneinfo.ZoneInfo(plan.schedule.timezone) if plan.schedule else dt.UTC
-    return end.replace(tzinfo=dt.UTC).astimezone(tz).date()
 
 
 def relay_cmd(args: argparse.Namespace) -> int:

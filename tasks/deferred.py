@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Engine
 
 from flows.plan import QuietHours
@@ -33,7 +33,7 @@ from infra.warehouse.bulk import chunks, utcnow
 from infra.warehouse.schema import touches
 from tasks.allocate import active_consents, suppressed_for
 from tasks.dispatch import DispatchResult, counts_line, deliver
-from tasks.guardrails import next_quiet_start
+from tasks.guardrails import next_quiet_start, sent_counts
 from tasks.common import IO_RETRIES
 
 log = logging.getLogger("lifecycle.dispatch")
@@ -88,24 +88,13 @@ def _checks(engine: Engine, due: pd.DataFrame, now: dt.datetime) -> pd.Series:
 
 def _sent_since(engine: Engine, due: pd.DataFrame, payloads: list[dict], today: dt.date) -> pd.Series:
     """Touches each customer was sent in their cap window ending today, any playbook."""
-    windows = [(p.get("cap") or {}).get("days") for p in payloads]
-    longest = max((w for w in windows if w), default=None)
-    if longest is None:
-        return pd.Series(0, index=due.index)
-    t = touches.c
-    since = today - dt.timedelta(days=longest - 1)
-    rows = []
-    with engine.connect() as conn:
-        for part in chunks(list(due["customer_id"].astype(str).unique())):
-            rows += conn.execute(select(t.customer_id, t.as_of, func.count()).where(
-                t.customer_id.in_(part), t.status == "sent", t.as_of >= since, t.as_of <= today)
-                .group_by(t.customer_id, t.as_of)).all()
-    sent = pd.DataFrame(rows, columns=["customer_id", "as_of", "n"])
-    sent["age"] = (pd.Timestamp(today) - pd.to_datetime(sent["as_of"])).dt.days
-    want = pd.DataFrame({"row": due.index, "customer_id": due["customer_id"].astype(str).to_numpy(),
-                         "days": pd.array(windows, dtype="Int64").fillna(0)})
-    both = want.merge(sent, on="customer_id")
-    return both[both["age"] < both["days"]].groupby("row")["n"].sum().reindex(due.index, fill_value=0)
+    windows = pd.Series([(p.get("cap") or {}).get("days") for p in payloads], index=due.index, dtype="Int64")
+    out = pd.Series(0, index=due.index, dtype="int64")
+    for days, rows in windows.dropna().groupby(windows.dropna()):
+        ids = due.loc[rows.index, "customer_id"].astype(str)
+        counts = sent_counts(engine, list(ids.unique()), today - dt.timedelta(days=int(days) - 1), today)
+        out[rows.index] = counts.reindex(ids).fillna(0).to_numpy(dtype="int64")
+    return out
 
 
 def deliver_due_touches(engine: Engine, config: ProjectConfig, *, now: dt.datetime | None = None,

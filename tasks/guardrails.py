@@ -92,16 +92,21 @@ def _minutes(text: str) -> int:
     return int(hours) * 60 + int(minutes)
 
 
+def zone(name: str) -> dt.tzinfo:
+    """The customer's timezone; an unknown or malformed name is judged in UTC."""
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return dt.UTC
+
+
 def in_quiet_hours(timezones: pd.Series, at: dt.datetime, quiet: QuietHours) -> np.ndarray:
     """True where `at` falls in the quiet window in the customer's own timezone (unknown zones: UTC)."""
     start, end = _minutes(quiet.start), _minutes(quiet.end)
     out = np.zeros(len(timezones), dtype=bool)
     zones = timezones.fillna("UTC").astype(str).to_numpy()
     for name in np.unique(zones):
-        try:
-            local = at.astimezone(zoneinfo.ZoneInfo(name))
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            local = at.astimezone(dt.UTC)
+        local = at.astimezone(zone(name))
         m = local.hour * 60 + local.minute
         quiet_now = (start <= m < end) if start < end else (m >= start or m < end)  # a window may span midnight
         out[zones == name] = quiet_now
@@ -115,10 +120,7 @@ def quiet_ends(timezones: pd.Series, at: dt.datetime, quiet: QuietHours) -> pd.S
     zones = timezones.fillna("UTC").astype(str).to_numpy()
     out = np.full(len(zones), np.datetime64("NaT"), dtype="datetime64[us]")
     for name in np.unique(zones[quiet_now]):
-        try:
-            tz = zoneinfo.ZoneInfo(name)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            tz = dt.UTC
+        tz = zone(name)
         local = at.astimezone(tz)
         end = local.replace(hour=end_h, minute=end_m, second=0, microsecond=0)
         if end <= local:
@@ -133,10 +135,7 @@ def next_quiet_start(timezones: pd.Series, after: pd.Series, quiet: QuietHours) 
     zones = timezones.fillna("UTC").astype(str)
     out = pd.Series(pd.NaT, index=timezones.index, dtype="datetime64[us]")
     for (name, when), idx in pd.DataFrame({"z": zones, "t": after}).groupby(["z", "t"]).groups.items():
-        try:
-            tz = zoneinfo.ZoneInfo(name)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            tz = dt.UTC
+        tz = zone(name)
         local = pd.Timestamp(when).to_pydatetime().replace(tzinfo=dt.UTC).astimezone(tz)
         day = local.date() if (local.hour, local.minute) < (start_h, start_m) else local.date() + dt.timedelta(days=1)
         start = dt.datetime.combine(day, dt.time(start_h, start_m), tzinfo=tz)
@@ -162,22 +161,28 @@ def over_cap(recent: pd.Series | None, ids: pd.Index, plan: Plan) -> np.ndarray:
     return recent.reindex(ids).fillna(0).to_numpy() >= cap.max
 
 
+def sent_counts(engine: Engine, ids: list[str], since: dt.date, until: dt.date,
+                exclude: tuple[str, dt.date] | None = None) -> pd.Series:
+    """Sent touches per customer with as-of day in [since, until], any playbook; `exclude` = (playbook,
+    as-of) leaves one run's own touches out."""
+    t = touches.c
+    where = [t.status == "sent", t.as_of >= since, t.as_of <= until]
+    if exclude is not None:
+        where.append(not_(and_(t.playbook == exclude[0], t.as_of == exclude[1])))
+    counts: dict[str, int] = {}
+    with engine.connect() as conn:
+        for part in chunks(ids):
+            stmt = select(t.customer_id, func.count()).where(t.customer_id.in_(part), *where).group_by(t.customer_id)
+            counts.update({c: int(n) for c, n in conn.execute(stmt)})
+    return pd.Series(counts, dtype="int64")
+
+
 def recent_sends(engine: Engine, ids: list[str], plan: Plan, as_of: dt.date) -> pd.Series:
     """Sent touches per customer in the cap window up to the as-of day, any playbook (this run excluded)."""
     cap = plan.guardrails.frequency_cap
     if cap is None or not ids:
         return pd.Series(dtype="int64")
-    t = touches.c
-    since = as_of - dt.timedelta(days=cap.days - 1)
-    this_run = and_(t.playbook == plan.name, t.as_of == as_of)
-    counts: dict[str, int] = {}
-    with engine.connect() as conn:
-        for part in chunks(ids):
-            stmt = (select(t.customer_id, func.count()).where(
-                t.customer_id.in_(part), t.status == "sent",
-                t.as_of >= since, t.as_of <= as_of, not_(this_run)).group_by(t.customer_id))
-            counts.update({c: int(n) for c, n in conn.execute(stmt)})
-    return pd.Series(counts, dtype="int64")
+    return sent_counts(engine, ids, as_of - dt.timedelta(days=cap.days - 1), as_of, exclude=(plan.name, as_of))
 
 
 RIVAL_STATUSES = ("planned", "deferred", "sent")

@@ -30,16 +30,12 @@ from infra.warehouse.schema import events, journeys, orders, plans, touches
 ENTERED = ("planned", "sent", "deferred", "held_out")
 
 
-def _insert_ignore(engine: Engine, table, rows: list[dict], keys: list[str]) -> None:
-    if rows:
-        with engine.begin() as conn:
-            insert_ignore(conn, table, pd.DataFrame(rows), keys)
-
-
 def remember_plan(engine: Engine, plan: Plan) -> None:
     """Keep this plan by hash, so journeys entered on it can finish on it."""
-    _insert_ignore(engine, plans, [{"plan_hash": plan.plan_hash, "playbook": plan.name, "version": plan.version,
-                                    "plan": plan.to_json(), "created_at": utcnow()}], ["plan_hash"])
+    row = pd.DataFrame([{"plan_hash": plan.plan_hash, "playbook": plan.name, "version": plan.version,
+                         "plan": plan.to_json(), "created_at": utcnow()}])
+    with engine.begin() as conn:
+        insert_ignore(conn, plans, row, ["plan_hash"])
 
 
 def load_plan(engine: Engine, plan_hash: str) -> Plan | None:

@@ -11,23 +11,17 @@ from sqlalchemy import select
 from infra.settings import SHIPPED_PLAYBOOKS
 from infra.warehouse.bulk import utcnow
 from infra.warehouse.schema import consents, customers, orders, touches
-from tests.conftest import make_world
+from tests.conftest import make_world, midday_zone
 
 pytestmark = pytest.mark.slow
 PLAYBOOK = str(SHIPPED_PLAYBOOKS / "new_customer_onboarding.yaml")  # trigger: order.placed
 NEW = ["N1", "N2", "N3"]
 
 
-def _midday_zone() -> str:
-    """A timezone where it is early afternoon now, so quiet hours never defer these touches."""
-    offset = (14 - utcnow().hour + 12) % 24 - 12  # hours east of UTC, in [-12, 11]
-    return f"Etc/GMT{-offset:+d}" if offset else "UTC"
-
-
 def _first_orders(engine, ids, at):
     with engine.begin() as conn:
         conn.execute(customers.insert(), [{"customer_id": c, "signed_up_at": at - dt.timedelta(days=1),
-                                           "timezone": _midday_zone(), "first_name": "New"} for c in ids])
+                                           "timezone": midday_zone(), "first_name": "New"} for c in ids])
         conn.execute(consents.insert(), [{"customer_id": c, "channel": "push", "purpose": "marketing",
                                           "granted_at": at - dt.timedelta(days=1)} for c in ids])
         conn.execute(orders.insert(), [{"order_id": f"o-{c}", "customer_id": c, "ordered_at": at, "amount": 99.0}

@@ -34,7 +34,7 @@ from flows.training import train
 from infra.settings import SHIPPED_PLAYBOOKS, load_config
 from infra.warehouse.bulk import utcnow
 from infra.warehouse.schema import consents, customers, orders, touches
-from tests.conftest import END, PG_REASON, REPO, make_world
+from tests.conftest import END, PG_REASON, REPO, make_world, midday_zone
 
 pytestmark = pytest.mark.slow
 
@@ -256,12 +256,6 @@ def _check_system_and_trigger(client, warehouse_url: str) -> None:
         assert warehouse_url not in d.model_dump_json()
 
 
-def _midday_zone() -> str:
-    """A timezone where it is early afternoon now, so quiet hours never defer the onboarding touches."""
-    offset = (14 - utcnow().hour + 12) % 24 - 12  # hours east of UTC, in [-12, 11]
-    return f"Etc/GMT{-offset:+d}" if offset else "UTC"
-
-
 def _event_triggered_run(tmp: Path, api: str, engine, client) -> None:
     """First orders land in the warehouse; one run of the relay deployment emits `lifecycle.order.placed`;
     the onboarding deployment's trigger starts a run for that window, which touches those customers only."""
@@ -275,7 +269,7 @@ def _event_triggered_run(tmp: Path, api: str, engine, client) -> None:
     first = {**{c: at for c in NEW}, EARLIER: at - dt.timedelta(days=2)}
     with engine.begin() as conn:
         conn.execute(customers.insert(), [{"customer_id": c, "signed_up_at": at - dt.timedelta(days=3),
-                                           "timezone": _midday_zone(), "first_name": "New"} for c in first])
+                                           "timezone": midday_zone(), "first_name": "New"} for c in first])
         conn.execute(consents.insert(), [{"customer_id": c, "channel": "push", "purpose": "marketing",
                                           "granted_at": at - dt.timedelta(days=3)} for c in first])
         conn.execute(orders.insert(), [{"order_id": f"o-{c}", "customer_id": c, "ordered_at": t, "amount": 99.0}
