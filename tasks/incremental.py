@@ -18,6 +18,9 @@ day than the state's computes in full and leaves the state alone.
 from __future__ import annotations
 
 import datetime as dt
+import io
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +28,8 @@ import pandas as pd
 from sqlalchemy import Float, cast, delete, func, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from infra.warehouse.bulk import bulk_insert, chunks, utcnow
-from infra.warehouse.schema import events, feature_state, feature_watermark, orders
+from infra.warehouse.bulk import utcnow
+from infra.warehouse.schema import events, feature_blocks, feature_watermark, orders
 from tasks.extract import (DAY_NS, ENGAGEMENT_TYPES, EVENT_COLUMNS, EVENT_SCAN_DAYS, ORDER_COLUMNS, Extract,
                            _frame, _stamp, day_end, extract_all, extract_customers, has_events)
 
@@ -35,7 +38,11 @@ NAME = "features"
 ORDER_WINDOWS = {"30d": (30, 0), "90d": (90, 0), "prev_90d": (180, 90), "180d": (180, 0), "365d": (365, 0)}
 EVENT_WINDOWS = {"30d": (30, 0), "prev_30d": (60, 30)}
 EVENT_KINDS = {"visits": "app.visit", "opens": "message.open", "clicks": "message.click", "group": "group.message"}
-STATE_COLUMNS = [c.name for c in feature_state.c]
+BLOCK_CUSTOMERS = 100_000  # customers per stored block: ~25 MB, well inside any driver's limits
+
+
+class Damaged(Exception):
+    """The kept state cannot be read back; it is a cache of aggregates, so the run recomputes them."""
 
 
 @dataclass(frozen=True)
@@ -47,36 +54,49 @@ class Mark:
 
 def extract_incremental(engine: Engine, as_of: dt.date) -> tuple[Extract, str]:
     """The same Extract as `extract_all(engine, as_of)`, from the kept state when it can be moved
-    forward; and how it was made: "kept" (state already at as_of), "advanced", or "full" (why)."""
+    forward; and how it was made: "kept" (state already at as_of), "advanced", or "full" (why).
+
+    The reads that do not depend on each other run on connections of their own (the late-rows
+    check, the customers, the order and the event changes), so the database works while Python
+    unpacks the state.
+    """
     with engine.connect() as conn:
         mark = _read_mark(conn)
-        late = mark is not None and _counts(conn, day_end(mark.as_of)) != (mark.orders_before, mark.events_window)
-        customers = extract_customers(conn, as_of)
         with_events = has_events(conn)
-        if mark is not None and not late and mark.as_of <= as_of:
-            state_orders, state_events = _read_state(conn)
-    if mark is None or late or mark.as_of > as_of:
+    why = "no state yet" if mark is None else ("as-of before the state" if mark.as_of > as_of else None)
+    if why is None:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="incremental") as pool:
+            counted = pool.submit(_connected, engine, _counts, day_end(mark.as_of))
+            customers = pool.submit(_connected, engine, extract_customers, as_of)
+            try:
+                with engine.connect() as conn:
+                    state_orders, state_events = _read_state(conn)
+            except Damaged as exc:
+                why = f"the kept state is damaged, {exc}"
+            if why is None and counted.result() != (mark.orders_before, mark.events_window):
+                why = "rows arrived late"
+            if why is None and mark.as_of < as_of:
+                e0, e1 = day_end(mark.as_of), day_end(as_of)
+                moved_orders = pool.submit(_connected, engine, _advance_orders, state_orders, e0, e1)
+                moved_events = pool.submit(_connected, engine, _advance_events, state_events, e0, e1)
+                counts = _connected(engine, _counts, e1)
+                new_orders, new_events = moved_orders.result(), moved_events.result()
+            customers = customers.result()
+    if why is not None:
         raw = extract_all(engine, as_of)
         if mark is None or mark.as_of <= as_of:
             _save_full(engine, raw, mark)
-        why = "no state yet" if mark is None else ("rows arrived late" if late else "as-of before the state")
         return raw, f"full ({why})"
     if mark.as_of == as_of:
         return Extract(as_of, customers, state_orders, state_events if with_events else None), "kept"
-    with engine.connect() as conn:
-        new_orders, new_events, touched = advance(conn, state_orders, state_events, mark.as_of, as_of)
-        counts = _counts(conn, day_end(as_of))
-    _save_touched(engine, new_orders, new_events, touched, mark, Mark(as_of, *counts))
+    _save_moved(engine, new_orders, new_events, mark, Mark(as_of, *counts))
     return Extract(as_of, customers, new_orders, new_events if with_events else None), "advanced"
 
 
-def advance(conn: Connection, state_orders: pd.DataFrame, state_events: pd.DataFrame, start: dt.date,
-            as_of: dt.date) -> tuple[pd.DataFrame, pd.DataFrame, pd.Index]:
-    """Order and event aggregates moved from `start` to `as_of`, and the customers whose rows changed."""
-    e0, e1 = day_end(start), day_end(as_of)
-    o, o_touched = _advance_orders(conn, state_orders, e0, e1)
-    e, e_touched = _advance_events(conn, state_events, e0, e1)
-    return o, e, o_touched.union(e_touched)
+def _connected(engine: Engine, fn, *args):
+    """fn(conn, *args) on a connection of its own (one per thread)."""
+    with engine.connect() as conn:
+        return fn(conn, *args)
 
 
 def _band(conn: Connection, table, column, e0: dt.datetime, e1: dt.datetime, days: int, extra: dict,
@@ -98,9 +118,7 @@ def _advance_orders(conn: Connection, state: pd.DataFrame, e0: dt.datetime, e1: 
     for b in bands.values():
         b["cents"] = _cents(b["amount"])
     new = bands[0].sort_values(["customer_id", "t"], kind="stable")
-    touched = pd.Index(pd.concat([b["customer_id"] for b in bands.values()]).unique(), dtype=object)
-    s = state.set_index("customer_id")
-    s = s.reindex(s.index.union(pd.Index(new["customer_id"].unique(), dtype=object)))
+    s = _with_rows_for(state.set_index("customer_id"), new["customer_id"])
     counts = ["orders_total", *(f"orders_{w}" for w in ORDER_WINDOWS)]
     money = ["monetary_total", *(f"monetary_{w}" for w in ORDER_WINDOWS if f"monetary_{w}" in ORDER_COLUMNS)]
     s[counts] = s[counts].fillna(0).astype(np.int64)
@@ -125,7 +143,21 @@ def _advance_orders(conn: Connection, state: pd.DataFrame, e0: dt.datetime, e1: 
     if len(new):
         _append_gaps(s, new)
     s = s[s["orders_total"] > 0]
-    return s.reset_index(names="customer_id")[ORDER_COLUMNS], touched
+    return s.reset_index(names="customer_id")[ORDER_COLUMNS]
+
+
+def _with_rows_for(s: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
+    """The state with (empty) rows added for customers it lacks, still ordered by customer.
+
+    Most days add few or none: the lookup uses the state index's hash table, built once per run,
+    instead of a union that would build a new one over every customer.
+    """
+    ids = pd.unique(ids.to_numpy(dtype=object))
+    new = np.sort(ids[s.index.get_indexer(ids) < 0])
+    if not len(new):
+        return s
+    kept = s.index.to_numpy(dtype=object)
+    return s.reindex(pd.Index(np.insert(kept, np.searchsorted(kept, new), new), dtype=object))
 
 
 def _append_gaps(s: pd.DataFrame, new: pd.DataFrame) -> None:
@@ -160,9 +192,7 @@ def _advance_events(conn: Connection, state: pd.DataFrame, e0: dt.datetime, e1: 
     kinds = [t.type.in_(ENGAGEMENT_TYPES)]
     bands = {k: _band(conn, events, t.occurred_at, e0, e1, k, {"type": t.type}, kinds)
              for k in sorted({0, *(d for w in EVENT_WINDOWS.values() for d in w)})}
-    touched = pd.Index(pd.concat([b["customer_id"] for b in bands.values()]).unique(), dtype=object)
-    s = state.set_index("customer_id")
-    s = s.reindex(s.index.union(pd.Index(bands[0]["customer_id"].unique(), dtype=object)))
+    s = _with_rows_for(state.set_index("customer_id"), bands[0]["customer_id"])
     count_cols = EVENT_COLUMNS[1:-1]
     s[count_cols] = s[count_cols].fillna(0).astype(np.int64)
 
@@ -181,9 +211,8 @@ def _advance_events(conn: Connection, state: pd.DataFrame, e0: dt.datetime, e1: 
     latest = bands[0].groupby("customer_id")["t"].max()
     s.loc[latest.index, "last_event_at"] = latest  # later than anything kept
     gone = s["last_event_at"] < pd.Timestamp(e1 - dt.timedelta(days=EVENT_SCAN_DAYS))
-    touched = touched.union(s.index[gone.to_numpy()])
     s = s[s["last_event_at"].notna().to_numpy() & ~gone.to_numpy()]
-    return s.reset_index(names="customer_id")[EVENT_COLUMNS], touched
+    return s.reset_index(names="customer_id")[EVENT_COLUMNS]
 
 
 def _counts(conn: Connection, end: dt.datetime) -> tuple[int, int]:
@@ -203,32 +232,50 @@ def _read_mark(conn: Connection) -> Mark | None:
 
 
 def _read_state(conn: Connection) -> tuple[pd.DataFrame, pd.DataFrame]:
-    cols = [_stamp(conn, feature_state.c[c]) if c.endswith("_at") else feature_state.c[c] for c in STATE_COLUMNS]
-    frame = _frame(conn, select(*cols).order_by(feature_state.c.customer_id), STATE_COLUMNS,
-                   stamps=tuple(c for c in STATE_COLUMNS if c.endswith("_at")))
-    buyers = frame[frame["orders_total"] > 0].reset_index(drop=True)
-    o = buyers[ORDER_COLUMNS].copy()
-    for c in ORDER_COLUMNS[1:]:
-        if c.startswith("orders_"):
-            o[c] = o[c].astype(np.int64)
-        elif not c.endswith("_at"):
-            o[c] = o[c].astype("float64")
-    e = frame[frame["last_event_at"].notna()].reset_index(drop=True)[EVENT_COLUMNS].copy()
-    for c in EVENT_COLUMNS[1:-1]:
-        e[c] = e[c].astype(np.int64)
+    """The kept state: order aggregates of buyers and event aggregates of recent interactors."""
+    rows = conn.execute(select(feature_blocks.c.kind, feature_blocks.c.block, feature_blocks.c.data)
+                        .order_by(feature_blocks.c.kind, feature_blocks.c.block)).all()
+    o = _concat([_unpack(k, b, d, ORDER_COLUMNS) for k, b, d in rows if k == "orders"], ORDER_COLUMNS)
+    e = _concat([_unpack(k, b, d, EVENT_COLUMNS) for k, b, d in rows if k == "events"], EVENT_COLUMNS)
     return o, e
 
 
-def _state_rows(o: pd.DataFrame, e: pd.DataFrame) -> pd.DataFrame:
-    """One row per customer with orders or recent events, in feature_state's columns."""
-    rows = o.set_index("customer_id").join(e.set_index("customer_id"), how="outer")
-    counts = [c for c in STATE_COLUMNS if c.startswith(("orders_", "visits_", "opens_", "clicks_", "group_",
-                                                        "engagement_"))]
-    rows[counts] = rows[counts].fillna(0).astype(np.int64)
-    money = [c for c in STATE_COLUMNS if c.startswith("monetary_")]
-    rows[money] = rows[money].fillna(0.0)
-    rows["gap_sq_sum"] = rows["gap_sq_sum"].fillna(0.0)
-    return rows.reset_index(names="customer_id")[STATE_COLUMNS]
+def _concat(parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    if parts:
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    return pd.DataFrame({c: pd.Series(dtype=object if c == "customer_id" else "datetime64[ns]" if c.endswith("_at")
+                                      else "int64" if c.startswith(("orders_", *EVENT_KINDS, "engagement_"))
+                                      else "float64") for c in columns})
+
+
+def _pack(frame: pd.DataFrame) -> bytes:
+    """One block's columns as an .npz (plain arrays: ids as fixed-width text, times as datetime64)."""
+    out = io.BytesIO()
+    np.savez(out, **{c: (frame[c].to_numpy(dtype=str) if c == "customer_id" else frame[c].to_numpy())
+                     for c in frame.columns})
+    return out.getvalue()
+
+
+def _unpack(kind: str, block: int, data: bytes, columns: list[str]) -> pd.DataFrame:
+    """A stored block back as a frame; never unpickles (allow_pickle=False), so stored bytes cannot run code."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            frame = pd.DataFrame({c: npz[c] for c in columns})
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:  # np.load's complaints
+        raise Damaged(f"{kind} block {block}: {exc}") from exc
+    frame["customer_id"] = frame["customer_id"].astype(object)
+    return frame
+
+
+def _write_state(conn: Connection, o: pd.DataFrame, e: pd.DataFrame) -> None:
+    """Replace the kept state with these aggregates (within the caller's transaction)."""
+    conn.execute(delete(feature_blocks))
+    for kind, frame in (("orders", o[ORDER_COLUMNS]), ("events", e[EVENT_COLUMNS])):
+        for block, start in enumerate(range(0, len(frame), BLOCK_CUSTOMERS)):
+            part = frame.iloc[start:start + BLOCK_CUSTOMERS]
+            conn.execute(feature_blocks.insert().values(
+                kind=kind, block=block, first_customer=str(part["customer_id"].iloc[0]),
+                last_customer=str(part["customer_id"].iloc[-1]), customers=len(part), data=_pack(part)))
 
 
 def _save_full(engine: Engine, raw: Extract, old: Mark | None) -> None:
@@ -236,25 +283,19 @@ def _save_full(engine: Engine, raw: Extract, old: Mark | None) -> None:
     events_frame = raw.events if raw.events is not None else pd.DataFrame(columns=EVENT_COLUMNS)
     with engine.begin() as conn:
         counts = _counts(conn, day_end(raw.as_of))
-        conn.execute(delete(feature_state))
-        bulk_insert(conn, feature_state, _state_rows(raw.orders, events_frame))
+        _write_state(conn, raw.orders, events_frame)
         _write_mark(conn, Mark(raw.as_of, *counts), old)
 
 
-def _save_touched(engine: Engine, o: pd.DataFrame, e: pd.DataFrame, touched: pd.Index, old: Mark, new: Mark) -> None:
-    """Rewrite the touched customers' rows and move the watermark, unless another run moved it first."""
-    ids = list(touched)
+def _save_moved(engine: Engine, o: pd.DataFrame, e: pd.DataFrame, old: Mark, new: Mark) -> None:
+    """Keep the moved state and watermark, unless another run moved the watermark first."""
     with engine.begin() as conn:
         moved = conn.execute(update(feature_watermark).where(
             feature_watermark.c.name == NAME, feature_watermark.c.as_of == old.as_of).values(
             as_of=new.as_of, orders_before=new.orders_before, events_window=new.events_window,
             updated_at=utcnow())).rowcount
-        if not moved:  # a concurrent run got there first: its state is as good as ours
-            return
-        for part in chunks(ids):
-            conn.execute(delete(feature_state).where(feature_state.c.customer_id.in_(list(part))))
-        keep = set(ids)
-        bulk_insert(conn, feature_state, _state_rows(o[o["customer_id"].isin(keep)], e[e["customer_id"].isin(keep)]))
+        if moved:  # else a concurrent run got there first: its state is as good as ours
+            _write_state(conn, o, e)
 
 
 def _write_mark(conn: Connection, mark: Mark, old: Mark | None) -> None:

