@@ -10,9 +10,11 @@ population parameters fitted at training time and stored in the model.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import lightgbm as lgb
@@ -21,7 +23,7 @@ import pandas as pd
 import scipy
 
 from infra.errors import ModelError
-from models import bgnbd
+from models import bgnbd, compiled
 from models.calibration import Platt
 from tasks.catalog import BY_NAME, FEATURES
 
@@ -94,10 +96,11 @@ def prior_logit(matrix: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
 
 
 def tree_probability(booster: lgb.Booster, matrix: np.ndarray, names: tuple[str, ...], *,
-                     from_prior: bool = True) -> np.ndarray:
+                     from_prior: bool = True, raw: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Uncalibrated churn probability: BG/NBD's log-odds plus the trees' correction (models trained
-    before boosting from the prior have no `prior_mean` in their metadata and use the trees alone)."""
-    z = booster.predict(matrix, raw_score=True)
+    before boosting from the prior have no `prior_mean` in their metadata and use the trees alone).
+    `raw`: the trees' sum by another route (models/compiled.py) instead of LightGBM's."""
+    z = raw(matrix) if raw is not None else booster.predict(matrix, raw_score=True)
     if from_prior:
         z = z + prior_logit(matrix, names)
     return 1.0 / (1.0 + np.exp(-z))
@@ -138,9 +141,20 @@ class ChurnModel:
         matrix = self.matrix(features)
         if matrix.empty:
             return pd.Series(dtype="float64", index=features.index)
-        return pd.Series(tree_probability(self.booster, matrix.to_numpy(), self.feature_names,
-                                          from_prior="prior_mean" in self.meta),
+        values = matrix.to_numpy()
+        return pd.Series(tree_probability(self.booster, values, self.feature_names,
+                                          from_prior="prior_mean" in self.meta, raw=self._compiled(values)),
                          index=features.index, dtype="float64")
+
+    def _compiled(self, matrix: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Compiled trees for a batch big enough to repay compiling once per machine (models/compiled.py)."""
+        if len(matrix) < compiled.MIN_ROWS:
+            return None
+        return compiled.raw_predictor(self.booster_text, lambda m: self.booster.predict(m, raw_score=True), matrix)
+
+    @functools.cached_property
+    def booster_text(self) -> str:
+        return self.booster.model_to_string()
 
     def predict(self, features: pd.DataFrame) -> pd.Series:
         """Calibrated churn probability per customer (index preserved)."""
