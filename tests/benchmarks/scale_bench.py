@@ -168,27 +168,91 @@ def stage_times(api: str, flow_run_id: str) -> dict[str, float]:
     return out
 
 
-def incremental_round(args, env: dict[str, str], server: bool) -> dict:
-    """Keep the feature state as of the day before (not timed), then time the day's run from it."""
-    before = args.as_of - dt.timedelta(days=1)
-    timed_child([PYTHON, __file__, "--db", args.db, "--as-of", before.isoformat(), "--state-child"], env)
-    reset(args.db, PLAYBOOK.stem, args.as_of)
-    wall, peak, _ = timed_child([LIFECYCLE, "run", str(PLAYBOOK), "--db", args.db, "--as-of", args.as_of.isoformat()],
-                                {**env, "LIFECYCLE_INCREMENTAL_FEATURES": "1"})
-    segments, run_id = ledger_segments(args.db, PLAYBOOK.stem, args.as_of)
-    stages = stage_times(env["PREFECT_API_URL"], run_id) if server and run_id else {}
-    reset(args.db, PLAYBOOK.stem, args.as_of)
+def ledger_rows(url: str, playbook: str, as_of: dt.date) -> list[tuple]:
+    """Every decision a run recorded (not its run id or timestamps), to compare two runs of one day."""
     from sqlalchemy import create_engine, text
 
-    engine = create_engine(args.db)
-    lo, hi = dt.datetime.combine(args.as_of, dt.time()), dt.datetime.combine(args.as_of + dt.timedelta(days=1), dt.time())
+    engine = create_engine(url)
     with engine.connect() as conn:
-        changed = conn.execute(text(
-            "SELECT count(*) FROM (SELECT customer_id FROM orders WHERE ordered_at >= :lo AND ordered_at < :hi "
-            "UNION SELECT customer_id FROM events WHERE occurred_at >= :lo AND occurred_at < :hi) AS c"),
-            {"lo": lo, "hi": hi}).scalar_one()
+        rows = conn.execute(text(
+            "SELECT touch_key, customer_id, segment, tier, channel, variant, status, payload, cost, due_at "
+            "FROM touches WHERE playbook = :p AND as_of = :d ORDER BY touch_key"), {"p": playbook, "d": as_of}).all()
     engine.dispose()
-    return {"wall": wall, "peak": peak, "stages": stages, "segments": segments, "changed": int(changed)}
+    return [tuple(r) for r in rows]
+
+
+def inject_day(url: str, day: dt.date, share: float, seed: int = 11) -> int:
+    """New activity dated `day` for a random `share` of customers: app visits and product views for
+    all of them, an order for about a third. The world must end before `day`; returns customers changed."""
+    import numpy as np
+    import pandas as pd
+    from sqlalchemy import create_engine, func, select
+
+    from infra.warehouse.bulk import bulk_insert
+    from infra.warehouse.schema import customers, events, orders
+
+    engine = create_engine(url)
+    start = dt.datetime.combine(day, dt.time())
+    with engine.begin() as conn:
+        later = conn.execute(select(func.count()).select_from(orders).where(orders.c.ordered_at >= start)).scalar_one()
+        if later:
+            raise SystemExit(f"the warehouse already has orders on or after {day}: pass --as-of the last day of data")
+        ids = pd.Series(conn.execute(select(customers.c.customer_id).order_by(customers.c.customer_id)).scalars().all())
+        rng = np.random.default_rng(seed)
+        chosen = ids.sample(frac=share, random_state=seed).sort_values().to_numpy()
+        n_events = rng.integers(1, 6, len(chosen))
+        who = np.repeat(chosen, n_events)
+        at = start + pd.to_timedelta(rng.integers(8 * 3600, 23 * 3600, len(who)), unit="s")
+        bulk_insert(conn, events, pd.DataFrame({"customer_id": who, "occurred_at": at,
+                                                "type": rng.choice(["app.visit", "product.view"], len(who)),
+                                                "channel": "app"}))
+        buyers = chosen[rng.random(len(chosen)) < 0.35]
+        bulk_insert(conn, orders, pd.DataFrame({
+            "order_id": [f"BENCH-{day:%Y%m%d}-{i}" for i in range(len(buyers))], "customer_id": buyers,
+            "ordered_at": start + pd.to_timedelta(rng.integers(9 * 3600, 22 * 3600, len(buyers)), unit="s"),
+            "amount": np.round(rng.lognormal(5.3, 0.6, len(buyers)), 2), "channel": "app", "category": "apparel",
+            "items": 1}))
+    engine.dispose()
+    return len(chosen)
+
+
+def forget_day(url: str, day: dt.date) -> None:
+    """Remove what inject_day wrote and the runs of `day`, so the warehouse is as generated."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    start = dt.datetime.combine(day, dt.time())
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM events WHERE occurred_at >= :s"), {"s": start})
+        conn.execute(text("DELETE FROM orders WHERE ordered_at >= :s"), {"s": start})
+        conn.execute(text("DELETE FROM feature_watermark"))
+    engine.dispose()
+    reset(url, PLAYBOOK.stem, day)
+
+
+def incremental_round(args, env: dict[str, str], server: bool) -> dict:
+    """The next day, after a day's run: `--changed` of the customers get new orders or events dated
+    as_of + 1; that day's run is timed twice, computing every feature from scratch (f) and from the
+    feature state kept on as_of (i), and the two ledgers must be identical."""
+    day = args.as_of + dt.timedelta(days=1)
+    plain_env = {k: v for k, v in env.items() if k != "LIFECYCLE_INCREMENTAL_FEATURES"}
+    forget_day(args.db, day)
+    run = [LIFECYCLE, "run", str(PLAYBOOK), "--db", args.db]
+    timed_child(run + ["--as-of", args.as_of.isoformat()], plain_env)  # yesterday's run: its customers are in journeys
+    timed_child([PYTHON, __file__, "--db", args.db, "--as-of", args.as_of.isoformat(), "--state-child"], env)
+    changed = inject_day(args.db, day, args.changed)
+    out = {"changed": changed}
+    try:
+        for name, extra in (("f", {}), ("i", {"LIFECYCLE_INCREMENTAL_FEATURES": "1"})):
+            reset(args.db, PLAYBOOK.stem, day)
+            wall, peak, _ = timed_child(run + ["--as-of", day.isoformat()], {**plain_env, **extra})
+            _, run_id = ledger_segments(args.db, PLAYBOOK.stem, day)
+            out[name] = {"wall": wall, "peak": peak, "ledger": ledger_rows(args.db, PLAYBOOK.stem, day),
+                         "stages": stage_times(env["PREFECT_API_URL"], run_id) if server and run_id else {}}
+    finally:
+        forget_day(args.db, day)
+        reset(args.db, PLAYBOOK.stem, args.as_of)
+    return out
 
 
 def demo_child(url: str, as_of: dt.date) -> None:
@@ -223,12 +287,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--all-playbooks", action="store_true",
                         help="instead: run every shipped playbook in one process and print RSS after each")
     parser.add_argument("--incremental", action="store_true",
-                        help="also time a daily run from the incremental feature state kept the day before")
+                        help="also time the next day's run, from scratch and from the feature state kept the day before")
+    parser.add_argument("--changed", type=float, default=0.01,
+                        help="with --incremental: share of customers with new activity on the next day (default 0.01)")
     parser.add_argument("--demo-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--state-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compile-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.demo_child:
         demo_child(args.db, args.as_of)
+        return
+    if args.compile_child:  # into this LIFECYCLE_HOME, as the first scoring on a machine would
+        from infra.warehouse.db import open_warehouse
+        from models import compiled, registry
+
+        model = registry.latest(open_warehouse(args.db))
+        started = time.perf_counter()
+        ok = compiled._build(model.booster_text, compiled.cache_key(model.booster_text)) is not None
+        print(f"trees: {'compiled' if ok else 'NOT compiled (lleaves missing or failing): LightGBM scores'} "
+              f"in {time.perf_counter() - started:.0f} s, once per model and machine (not part of the comparison)")
         return
     if args.state_child:
         from sqlalchemy import delete
@@ -258,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         n = customer_count(args.db)
     version = ensure_model(args.db, args.as_of)
 
+    print(timed_child([PYTHON, __file__, "--db", args.db, "--compile-child"], env)[2].strip())
     server = None
     if not args.ephemeral:
         (home / "prefect").mkdir(parents=True, exist_ok=True)
@@ -322,14 +400,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ratio a/b: {a['wall'] / b['wall']:.2f} (goal <= 1.2); peak RSS lifecycle {a['peak'] / 1024:.2f} GiB "
           f"(goal <= 4), bare {b['peak'] / 1024:.2f} GiB")
     if "i" in results:
-        i = results["i"]
-        print(f"(i) daily run from the feature state kept on {args.as_of - dt.timedelta(days=1)}: "
-              f"{i['changed']:,} customers ({i['changed'] / n:.1%}) had new orders or events on {args.as_of}")
-        print(f"    lifecycle run {i['wall']:.1f} s ({i['wall'] / a['wall']:.2f} of the full run), peak RSS "
-              f"{i['peak']:,.0f} MiB; extract {i['stages'].get('extract', float('nan')):.1f} s vs "
-              f"{a['stages'].get('extract', float('nan')):.1f} s in full; same selection: {i['segments'] == a['segments']}")
-        if i["stages"]:
-            print("    tasks: " + ", ".join(f"{k} {v:.1f}" for k, v in i["stages"].items() if k != "(flow run)"))
+        r = results["i"]
+        f, i = r["f"], r["i"]
+        day = args.as_of + dt.timedelta(days=1)
+        print(f"(i) the next day, {day}, after {args.as_of}'s run: {r['changed']:,} customers ({r['changed'] / n:.1%}) "
+              f"had new orders or events")
+        for key, label in (("f", "every feature from scratch"), ("i", "from the kept feature state")):
+            x = r[key]
+            print(f"    {label}: {x['wall']:.1f} s, peak RSS {x['peak']:,.0f} MiB, {len(x['ledger']):,} touches")
+            if x["stages"]:
+                print("      tasks: " + ", ".join(f"{k} {v:.1f}" for k, v in x["stages"].items() if k != "(flow run)"))
+        print(f"    incremental / from scratch, same day: {i['wall'] / f['wall']:.2f}; incremental / the full run (a): "
+              f"{i['wall'] / a['wall']:.2f} (goal <= 0.25); ledgers identical: {i['ledger'] == f['ledger']}")
+        if i["ledger"] != f["ledger"]:
+            raise SystemExit("the incremental run decided differently from the run from scratch")
     if not same:
         raise SystemExit("the two runs selected different customers: the comparison is void")
 
