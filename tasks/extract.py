@@ -345,12 +345,18 @@ def future_order_customers(engine: Engine, start: dt.date, days: int, *, shard: 
 INCREMENTAL_ENV = "LIFECYCLE_INCREMENTAL_FEATURES"
 
 
+def incremental_features() -> bool:
+    """Whether runs move the kept feature state forward (the default) or aggregate every row afresh
+    (LIFECYCLE_INCREMENTAL_FEATURES=0, e.g. after editing past orders in place)."""
+    return os.environ.get(INCREMENTAL_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 @task(name="extract", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def extract(engine: Engine, as_of: dt.date, incremental: bool | None = None) -> Extract:
-    """The run's inputs; with `incremental` (default: LIFECYCLE_INCREMENTAL_FEATURES=1) from the kept
+    """The run's inputs; unless `incremental` is False (default: `incremental_features()`) from the kept
     feature state moved forward to as_of (tasks/incremental.py), which gives the same Extract."""
     if incremental is None:
-        incremental = os.environ.get(INCREMENTAL_ENV, "") not in ("", "0", "false", "no")
+        incremental = incremental_features()
     if not incremental:
         return extract_all(engine, as_of)
     from prefect import get_run_logger

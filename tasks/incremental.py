@@ -52,14 +52,17 @@ class Mark:
     events_window: int
 
 
-def extract_incremental(engine: Engine, as_of: dt.date) -> tuple[Extract, str]:
+def extract_incremental(engine: Engine, as_of: dt.date, *, now: dt.datetime | None = None) -> tuple[Extract, str]:
     """The same Extract as `extract_all(engine, as_of)`, from the kept state when it can be moved
     forward; and how it was made: "kept" (state already at as_of), "advanced", or "full" (why).
 
-    The reads that do not depend on each other run on connections of their own (the late-rows
-    check, the customers, the order and the event changes), so the database works while Python
-    unpacks the state.
+    The state is kept only at days that have ended (by `now`, UTC): a run for today (a deployment's
+    default, a triggered run) moves it to yesterday, keeps that, and moves a copy on to today in
+    memory, so the rows still arriving today never count as late. The reads that do not depend on
+    each other run on connections of their own (the late-rows check, the customers, the order and
+    event changes), so the database works while Python unpacks the state.
     """
+    keep = min(as_of, last_complete_day(now))
     with engine.connect() as conn:
         mark = _read_mark(conn)
         with_events = has_events(conn)
@@ -70,27 +73,39 @@ def extract_incremental(engine: Engine, as_of: dt.date) -> tuple[Extract, str]:
             customers = pool.submit(_connected, engine, extract_customers, as_of)
             try:
                 with engine.connect() as conn:
-                    state_orders, state_events = _read_state(conn)
+                    o, e = _read_state(conn)
             except Damaged as exc:
                 why = f"the kept state is damaged, {exc}"
             if why is None and counted.result() != (mark.orders_before, mark.events_window):
                 why = "rows arrived late"
-            if why is None and mark.as_of < as_of:
-                e0, e1 = day_end(mark.as_of), day_end(as_of)
-                moved_orders = pool.submit(_connected, engine, _advance_orders, state_orders, e0, e1)
-                moved_events = pool.submit(_connected, engine, _advance_events, state_events, e0, e1)
-                counts = _connected(engine, _counts, e1)
-                new_orders, new_events = moved_orders.result(), moved_events.result()
+            if why is None and mark.as_of < keep:
+                o, e, counts = _advance(pool, engine, o, e, mark.as_of, keep)
+                _save_moved(engine, o, e, mark, Mark(keep, *counts))
+            if why is None and max(mark.as_of, keep) < as_of:
+                o, e, _ = _advance(pool, engine, o, e, max(mark.as_of, keep), as_of)
             customers = customers.result()
     if why is not None:
         raw = extract_all(engine, as_of)
-        if mark is None or mark.as_of <= as_of:
-            _save_full(engine, raw, mark)
+        if mark is None or mark.as_of <= keep:
+            _save_full(engine, raw if keep == as_of else extract_all(engine, keep), mark)
         return raw, f"full ({why})"
-    if mark.as_of == as_of:
-        return Extract(as_of, customers, state_orders, state_events if with_events else None), "kept"
-    _save_moved(engine, new_orders, new_events, mark, Mark(as_of, *counts))
-    return Extract(as_of, customers, new_orders, new_events if with_events else None), "advanced"
+    return Extract(as_of, customers, o, e if with_events else None), "kept" if mark.as_of == as_of else "advanced"
+
+
+def last_complete_day(now: dt.datetime | None = None) -> dt.date:
+    """The latest day whose end has passed (warehouse times are UTC)."""
+    now = now or utcnow()
+    return (now - dt.timedelta(days=1)).date()
+
+
+def _advance(pool: ThreadPoolExecutor, engine: Engine, o: pd.DataFrame, e: pd.DataFrame, start: dt.date,
+             end: dt.date) -> tuple[pd.DataFrame, pd.DataFrame, tuple[int, int]]:
+    """Order and event aggregates moved from `start` to `end` (both read at once), and the counts at `end`."""
+    e0, e1 = day_end(start), day_end(end)
+    moved_orders = pool.submit(_connected, engine, _advance_orders, o, e0, e1)
+    moved_events = pool.submit(_connected, engine, _advance_events, e, e0, e1)
+    counts = _connected(engine, _counts, e1)
+    return moved_orders.result(), moved_events.result(), counts
 
 
 def _connected(engine: Engine, fn, *args):

@@ -235,17 +235,16 @@ def incremental_round(args, env: dict[str, str], server: bool) -> dict:
     as_of + 1; that day's run is timed twice, computing every feature from scratch (f) and from the
     feature state kept on as_of (i), and the two ledgers must be identical."""
     day = args.as_of + dt.timedelta(days=1)
-    plain_env = {k: v for k, v in env.items() if k != "LIFECYCLE_INCREMENTAL_FEATURES"}
     forget_day(args.db, day)
     run = [LIFECYCLE, "run", str(PLAYBOOK), "--db", args.db]
-    timed_child(run + ["--as-of", args.as_of.isoformat()], plain_env)  # yesterday's run: its customers are in journeys
+    timed_child(run + ["--as-of", args.as_of.isoformat()], env)  # yesterday's run: its customers are in journeys
     timed_child([PYTHON, __file__, "--db", args.db, "--as-of", args.as_of.isoformat(), "--state-child"], env)
     changed = inject_day(args.db, day, args.changed)
     out = {"changed": changed}
     try:
-        for name, extra in (("f", {}), ("i", {"LIFECYCLE_INCREMENTAL_FEATURES": "1"})):
+        for name, extra in (("f", {}), ("i", {"LIFECYCLE_INCREMENTAL_FEATURES": "1"})):  # f: env's "0"
             reset(args.db, PLAYBOOK.stem, day)
-            wall, peak, _ = timed_child(run + ["--as-of", day.isoformat()], {**plain_env, **extra})
+            wall, peak, _ = timed_child(run + ["--as-of", day.isoformat()], {**env, **extra})
             _, run_id = ledger_segments(args.db, PLAYBOOK.stem, day)
             out[name] = {"wall": wall, "peak": peak, "ledger": ledger_rows(args.db, PLAYBOOK.stem, day),
                          "stages": stage_times(env["PREFECT_API_URL"], run_id) if server and run_id else {}}
@@ -321,7 +320,9 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     home = Path(tempfile.mkdtemp(prefix="lifecycle-scale-"))
+    # every run aggregates all rows (a full run) unless the incremental round says otherwise
     env = {**os.environ, "LIFECYCLE_HOME": str(home / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "LIFECYCLE_INCREMENTAL_FEATURES": "0",
            "DO_NOT_TRACK": "1"}
     env.pop("LIFECYCLE_DB_URL", None)
     env.pop("PREFECT_API_URL", None)

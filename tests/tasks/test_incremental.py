@@ -100,3 +100,32 @@ def test_a_run_for_an_earlier_day_computes_in_full_and_leaves_the_state(world):
     assert how == "full (as-of before the state)"
     _same_as_full(world, raw, END - dt.timedelta(days=30))
     assert _mark(world) == END
+
+
+def test_a_run_for_a_day_not_yet_over_keeps_the_state_at_the_last_complete_day(world):
+    """A deployment's run for today: rows keep arriving until midnight, so the state stays at yesterday
+    and today is added in memory; a later run the same day, with more rows, is still exact."""
+    extract_incremental(world, END - dt.timedelta(days=3))
+    during = dt.datetime.combine(END, dt.time(15))  # 15:00 on the as-of day
+    raw, how = extract_incremental(world, END, now=during)
+    assert how == "advanced" and _mark(world) == END - dt.timedelta(days=1)
+    _same_as_full(world, raw, END)
+    with world.begin() as conn:  # an order placed later that afternoon
+        cid = conn.execute(select(orders.c.customer_id).limit(1)).scalar_one()
+        conn.execute(orders.insert().values(order_id="LATER1", customer_id=cid, amount=12.5,
+                                            ordered_at=dt.datetime.combine(END, dt.time(16))))
+    raw, how = extract_incremental(world, END, now=during + dt.timedelta(hours=2))
+    assert how == "advanced"  # not "rows arrived late": yesterday's counts did not change
+    _same_as_full(world, raw, END)
+    raw, how = extract_incremental(world, END + dt.timedelta(days=1), now=during + dt.timedelta(days=1))
+    assert how == "advanced" and _mark(world) == END
+    _same_as_full(world, raw, END + dt.timedelta(days=1))
+
+
+def test_the_first_run_for_today_starts_the_state_at_yesterday(world):
+    raw, how = extract_incremental(world, END, now=dt.datetime.combine(END, dt.time(10)))
+    assert how == "full (no state yet)" and _mark(world) == END - dt.timedelta(days=1)
+    _same_as_full(world, raw, END)
+    raw, how = extract_incremental(world, END, now=dt.datetime.combine(END, dt.time(11)))
+    assert how == "advanced"
+    _same_as_full(world, raw, END)
