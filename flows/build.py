@@ -20,9 +20,10 @@ from prefect.runtime import flow_run
 from flows.compiler import compile_file
 from flows.deploycmd import default_as_of, run_name, tag_run
 from flows.plan import Plan
+from flows.sharded import Shards, partitioned, resolve
 from flows.summary import format_counts, outcome_lines
 from infra.errors import LifecycleError, RunError
-from infra.settings import load_config
+from infra.settings import ProjectConfig, load_config
 from infra.warehouse.bulk import utcnow
 from models import registry
 from tasks.allocate import allocate
@@ -60,21 +61,32 @@ def _untagged_tasks(fn: Callable[..., Any]) -> Callable[..., Any]:
 @flow(name="playbook", persist_result=False, validate_parameters=False, flow_run_name=run_name)
 @_untagged_tasks
 def playbook_flow(playbook: str, as_of: str | None = None, dry_run: bool = False,
-                  window_start: str | None = None, window_end: str | None = None) -> dict[str, Any]:
+                  window_start: str | None = None, window_end: str | None = None,
+                  shards: int | None = None, dask: str | None = None) -> dict[str, Any]:
     """Compile the playbook, then extract -> features -> score -> segment -> allocate -> dispatch.
 
     A triggered run (window_start/window_end, from the event relay) touches only the audience's
-    customers who produced the playbook's trigger event in that window.
+    customers who produced the playbook's trigger event in that window. `shards` / `dask` (default:
+    lifecycle.yaml's `execution:`) partition the per-customer steps on Dask (flows/sharded.py).
     """
     config = load_config()
+    with partitioned(resolve(config.execution, shards, dask)) as parts:
+        return _playbook_run(config, parts, playbook, as_of, dry_run, window_start, window_end)
+
+
+def _playbook_run(config: ProjectConfig, parts: Shards | None, playbook: str, as_of: str | None, dry_run: bool,
+                  window_start: str | None, window_end: str | None) -> dict[str, Any]:
     plan = compile_file(playbook, config)
     day = dt.date.fromisoformat(as_of) if as_of else default_as_of(plan)  # deployments omit as_of
     engine = warehouse()
     model = registry.require(engine, plan.model) if plan.model else None
     tag_run(plan, model, triggered=bool(window_start and window_end))  # deployment runs: model:/trigger: tags
-    raw = extract(engine, day)
-    feats = features(raw)
-    scored = score(feats, model)
+    if parts is None:
+        raw = extract(engine, day)
+        feats = features(raw)
+        scored = score(feats, model)
+    else:  # per shard on the Dask cluster, back in customer-id order
+        scored = parts.score(engine, day, model)
     uplift_model = for_plan(engine, plan)  # only when a rule uses uplift_score
     if uplift_model is not None:
         scored = uplift_scores(scored, uplift_model)
@@ -88,7 +100,7 @@ def playbook_flow(playbook: str, as_of: str | None = None, dry_run: bool = False
     steps = Steps(plan.name, day)
     # Independent branches: a failed step skips what depends on it, not the rest; the run then fails
     # naming the step, after publishing what was done. A rerun resumes: the ledger repeats nothing sent.
-    result = steps.run("dispatch", lambda: dispatch(
+    result = steps.run("dispatch", lambda: (parts.dispatch if parts else dispatch)(
         reasons(allocate(selected, plan, day, engine, control=config.control_group), model, plan), plan, day,
         engine=engine, config=config, run_id=str(flow_run.id), model_version=version, dry_run=dry_run),
         default=DispatchResult())
@@ -106,6 +118,8 @@ def playbook_flow(playbook: str, as_of: str | None = None, dry_run: bool = False
     summary["measured"] = measured
     summary["follow_ups"] = follow
     summary["failed_steps"], summary["skipped_steps"] = steps.failed, steps.skipped
+    if parts is not None:
+        summary["execution"] = parts.report()
     _publish(plan, summary)
     steps.raise_if_failed()
     return summary
@@ -200,8 +214,10 @@ def _publish(plan: Plan, summary: dict[str, Any]) -> None:
 
 
 def run_plan(plan: Plan, playbook_path: str, as_of: dt.date, *, dry_run: bool, model_version: str | None,
-             window: tuple[dt.datetime, dt.datetime] | None = None) -> dict:
-    """Run one playbook in this process (Prefect's ephemeral mode unless PREFECT_API_URL is set)."""
+             window: tuple[dt.datetime, dt.datetime] | None = None, shards: int | None = None,
+             dask: str | None = None) -> dict:
+    """Run one playbook from this process (Prefect's ephemeral mode unless PREFECT_API_URL is set);
+    `shards` / `dask` override lifecycle.yaml's `execution:` (flows/sharded.py)."""
     run_tags = [f"playbook:{plan.name}", f"plan:{plan.plan_hash}"]
     if model_version:
         run_tags.append(f"model:{model_version}")
@@ -211,5 +227,6 @@ def run_plan(plan: Plan, playbook_path: str, as_of: dt.date, *, dry_run: bool, m
     if window:
         run_tags.append(f"trigger:{plan.trigger.event if plan.trigger else 'none'}")
     extra = {"window_start": window[0].isoformat(), "window_end": window[1].isoformat()} if window else {}
+    extra.update({k: v for k, v in (("shards", shards), ("dask", dask)) if v is not None})
     with tags(*run_tags):
         return named(playbook=playbook_path, as_of=as_of.isoformat(), dry_run=dry_run, **extra)

@@ -54,6 +54,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("playbook", help="path to a playbook YAML file (or the name of a shipped playbook)")
     run.add_argument("--as-of", type=_date, help="date the run acts on (default: today, UTC)")
     run.add_argument("--dry-run", action="store_true", help="decide and render, but write and send nothing")
+    run.add_argument("--shards", type=_positive, metavar="N", help="split the customers into N shards run on Dask "
+                     "(extract, features, score and dispatch per shard; default: execution.shards in lifecycle.yaml, else 1)")
+    run.add_argument("--dask", nargs="?", const="local", metavar="ADDRESS", help="the Dask scheduler for the shards "
+                     "(tcp://HOST:8786); without ADDRESS a temporary local cluster (default: execution.dask in lifecycle.yaml)")
 
     check = sub.add_parser("check", parents=[common], help="validate playbooks, templates and config; no data touched")
     check.add_argument("playbooks", nargs="*", metavar="PATHS",

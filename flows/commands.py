@@ -151,14 +151,21 @@ def _prepare_run(plan: Plan, engine: Engine):
 
 def run(args: argparse.Namespace) -> int:
     path = resolve_playbook(args.playbook)
-    plan = compile_file(path, load_config(args.config))  # author errors first: they need no database
+    project = load_config(args.config)
+    plan = compile_file(path, project)  # author errors first: they need no database
+    from flows import sharded  # shards on Dask: a bad flag, a missing package or a scheduler that is down, now
+
+    sharded.check(sharded.resolve(project.execution, args.shards, args.dask))
     config, url, engine = _context(args)
     model = _prepare_run(plan, engine)
     as_of = args.as_of or _today()
     from flows.build import run_plan
 
-    summary = run_plan(plan, str(path), as_of, dry_run=args.dry_run, model_version=model.version if model else None)
+    summary = run_plan(plan, str(path), as_of, dry_run=args.dry_run, model_version=model.version if model else None,
+                       shards=args.shards, dask=args.dask)
     print(format_summary(summary))
+    if summary.get("execution"):
+        print(sharded.describe_report(summary["execution"]))
     print(_ui_hint([summary]))
     return 0
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from infra.errors import ConfigError
 from infra.yamlsource import SourceDoc, format_located, load_yaml, validation_problems
@@ -105,6 +105,43 @@ class ControlGroup(BaseModel):
     salt: str = Field(min_length=1)
 
 
+DASK_ADDRESS = re.compile(r"^((tcp|tls|ucx|ws|wss)://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$")
+
+
+class DaskConfig(BaseModel):
+    """Where the shards run: a running Dask scheduler (`address`), else a temporary local cluster of
+    `workers` processes started for the run and stopped after it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str | None = None  # tcp://host:8786; its workers need LIFECYCLE_DB_URL and this code installed
+    workers: int = Field(default=2, ge=1, le=256)  # local cluster only: one single-threaded process each
+
+    @field_validator("address")
+    @classmethod
+    def _scheduler_address(cls, value: str | None) -> str | None:
+        if value is not None and not DASK_ADDRESS.match(value):
+            raise ValueError("not a Dask scheduler address (write tcp://HOST:PORT, e.g. tcp://10.0.0.5:8786)")
+        return value
+
+    @model_validator(mode="after")
+    def _workers_only_for_a_local_cluster(self) -> DaskConfig:
+        if self.address is not None and "workers" in self.model_fields_set:
+            raise ValueError("`workers` applies only to the local cluster: a scheduler at `address` has the "
+                             "workers started with `dask worker`; remove one of the two")
+        return self
+
+
+class ExecutionConfig(BaseModel):
+    """How a playbook run is partitioned: `shards` > 1 runs extract, features, score and dispatch per
+    shard of customers (balanced customer-id ranges) on Dask; 1 (the default) runs it all in one process."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shards: int = Field(default=1, ge=1, le=1024)
+    dask: DaskConfig = Field(default_factory=DaskConfig)
+
+
 class ProjectConfig(BaseModel):
     """lifecycle.yaml: logical names (channels, warehouse) resolved to real places; no secrets inline."""
 
@@ -113,6 +150,7 @@ class ProjectConfig(BaseModel):
     warehouse: str | None = None
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
     control_group: ControlGroup | None = None  # held out of every marketing playbook, to measure them all
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)  # one process, or shards on Dask
     source: str = "built-in default"
 
     def channel(self, name: str) -> ChannelConfig:
@@ -206,6 +244,10 @@ def _allowed_keys(parent: tuple) -> list[str]:
         return sorted(ChannelConfig.model_fields)
     if parent == ("control_group",):
         return sorted(ControlGroup.model_fields)
+    if parent == ("execution",):
+        return sorted(ExecutionConfig.model_fields)
+    if parent == ("execution", "dask"):
+        return sorted(DaskConfig.model_fields)
     return sorted(k for k in ProjectConfig.model_fields if k != "source")
 
 
