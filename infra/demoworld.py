@@ -255,7 +255,11 @@ def load_world(engine: Engine, parts: Iterable[World]) -> dict[str, int]:
             for part in parts:
                 for table in tables:
                     counts[table.name] += bulk_insert(conn, table, getattr(part, table.name))
-        return counts
+    if engine.dialect.name == "postgresql":  # fresh tables: statistics for the planner and the visibility map
+        # that index-only counts need (the incremental state's late-rows check), before autovacuum gets there
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE " + ", ".join(t.name for t in tables))
+    return counts
 
 
 @dataclass

