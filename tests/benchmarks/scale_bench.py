@@ -3,6 +3,7 @@
     .venv/bin/python tests/benchmarks/scale_bench.py --db sqlite:////work/scale/world1m.db
     .venv/bin/python tests/benchmarks/scale_bench.py --db postgresql://postgres@127.0.0.1:5432/lc_scale
     .venv/bin/python tests/benchmarks/scale_bench.py --db URL --all-playbooks   # memory across playbooks
+    .venv/bin/python tests/benchmarks/scale_bench.py --db URL --incremental     # and the next day's run
 
 An empty warehouse is filled first (`lifecycle data generate --customers N`, timed, peak RSS shown)
 and, without a registered model, one is trained on the first 100,000 customers (not timed). Then, on
@@ -14,7 +15,13 @@ the same warehouse, alternately:
       groupby, LightGBM predict, the playbook's segments as pandas masks, one row per selected touch.
 Each run's ledger rows (touches, journeys) are deleted before the next, so every (a) does the same
 work. Prints each stage's time, the ratio a/b (best of --rounds) and each side's peak RSS
-(os.wait4 of the child), and checks both selected the same customers per segment.
+(os.wait4 of the child), and checks both selected the same customers per segment. The trees are
+compiled once before timing (models/compiled.py; like training, once per model and machine).
+
+With --incremental, then: the playbook runs on as_of (its customers enter journeys), the feature state
+is kept, --changed (1%) of the customers get orders or events dated as_of + 1, and that day's run is
+timed from scratch (f) and from the kept state (i); the two ledgers must be identical. Rows added are
+removed afterwards.
 """
 
 from __future__ import annotations
