@@ -82,7 +82,7 @@ def _playbook_run(config: ProjectConfig, parts: Shards | None, playbook: str, as
     model = registry.require(engine, plan.model) if plan.model else None
     tag_run(plan, model, triggered=bool(window_start and window_end))  # deployment runs: model:/trigger: tags
     if parts is None:
-        raw = extract(engine, day)
+        raw = extract(engine, day, keep_state=not dry_run)  # a dry run writes nothing, not even the state
         feats = features(raw)
         scored = score(feats, model)
     else:  # per shard on the Dask cluster, back in customer-id order

@@ -352,9 +352,10 @@ def incremental_features() -> bool:
 
 
 @task(name="extract", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def extract(engine: Engine, as_of: dt.date, incremental: bool | None = None) -> Extract:
+def extract(engine: Engine, as_of: dt.date, incremental: bool | None = None, keep_state: bool = True) -> Extract:
     """The run's inputs; unless `incremental` is False (default: `incremental_features()`) from the kept
-    feature state moved forward to as_of (tasks/incremental.py), which gives the same Extract."""
+    feature state moved forward to as_of (tasks/incremental.py), which gives the same Extract.
+    `keep_state=False` (a dry run, which writes nothing) reads the kept state but leaves it as it was."""
     if incremental is None:
         incremental = incremental_features()
     if not incremental:
@@ -363,6 +364,6 @@ def extract(engine: Engine, as_of: dt.date, incremental: bool | None = None) -> 
 
     from tasks.incremental import extract_incremental
 
-    raw, how = extract_incremental(engine, as_of)
+    raw, how = extract_incremental(engine, as_of, save=keep_state)
     get_run_logger().info("aggregates as of %s from the incremental feature state: %s", as_of, how)
     return raw

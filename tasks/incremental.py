@@ -53,9 +53,11 @@ class Mark:
     events_window: int
 
 
-def extract_incremental(engine: Engine, as_of: dt.date, *, now: dt.datetime | None = None) -> tuple[Extract, str]:
+def extract_incremental(engine: Engine, as_of: dt.date, *, now: dt.datetime | None = None,
+                        save: bool = True) -> tuple[Extract, str]:
     """The same Extract as `extract_all(engine, as_of)`, from the kept state when it can be moved
     forward; and how it was made: "kept" (state already at as_of), "advanced", or "full" (why).
+    `save=False` (dry runs) uses the kept state but never writes it.
 
     The state is kept only at days that have ended (by `now`, UTC): a run for today (a deployment's
     default, a triggered run) moves it to yesterday, keeps that, and moves a copy on to today in
@@ -81,13 +83,14 @@ def extract_incremental(engine: Engine, as_of: dt.date, *, now: dt.datetime | No
                 why = "rows arrived late"
             if why is None and mark.as_of < keep:
                 o, e, counts = _advance(pool, engine, o, e, mark.as_of, keep)
-                _save_moved(engine, o, e, mark, Mark(keep, *counts))
+                if save:
+                    _save_moved(engine, o, e, mark, Mark(keep, *counts))
             if why is None and max(mark.as_of, keep) < as_of:
                 o, e, _ = _advance(pool, engine, o, e, max(mark.as_of, keep), as_of)
             customers = customers.result()
     if why is not None:
         raw = extract_all(engine, as_of)
-        if mark is None or mark.as_of <= keep:
+        if save and (mark is None or mark.as_of <= keep):
             _save_full(engine, raw if keep == as_of else extract_all(engine, keep), mark)
         return raw, f"full ({why})"
     return Extract(as_of, customers, o, e if with_events else None), "kept" if mark.as_of == as_of else "advanced"

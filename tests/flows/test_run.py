@@ -6,13 +6,13 @@ import asyncio
 import json
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from flows.build import run_plan
 from flows.compiler import compile_file
 from flows.training import train
 from infra.settings import SHIPPED_PLAYBOOKS, load_config, outbox_dir
-from infra.warehouse.schema import consents, touches
+from infra.warehouse.schema import consents, feature_blocks, touches
 from tests.conftest import END, make_world
 
 pytestmark = pytest.mark.slow
@@ -102,6 +102,8 @@ def test_dry_run_writes_nothing(prefect_harness, sqlite_url, monkeypatch):
     assert summary["dry_run"] and sum(summary["touches"].values()) > 0
     assert summary["previews"] and all(p["body"] for p in summary["previews"])
     assert _ledger(engine) == [] and _outbox() == []
+    with engine.connect() as conn:  # not even the incremental feature state
+        assert conn.execute(select(func.count()).select_from(feature_blocks)).scalar_one() == 0
 
 
 def _check_prefect_run(summary):

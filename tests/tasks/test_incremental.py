@@ -129,3 +129,15 @@ def test_the_first_run_for_today_starts_the_state_at_yesterday(world):
     raw, how = extract_incremental(world, END, now=dt.datetime.combine(END, dt.time(11)))
     assert how == "advanced"
     _same_as_full(world, raw, END)
+
+
+def test_a_dry_run_reads_the_kept_state_but_never_writes_it(world):
+    raw, how = extract_incremental(world, END - dt.timedelta(days=2), save=False)
+    assert how == "full (no state yet)"
+    with world.connect() as conn:
+        assert conn.execute(select(feature_watermark)).first() is None
+        assert conn.execute(select(feature_blocks)).first() is None
+    extract_incremental(world, END - dt.timedelta(days=2))
+    raw, how = extract_incremental(world, END, save=False)
+    assert how == "advanced" and _mark(world) == END - dt.timedelta(days=2)
+    _same_as_full(world, raw, END)
