@@ -1,4 +1,4 @@
-"""Incremental features: keep each customer's aggregates in `feature_state` and move them a day at a time.
+"""Incremental features: keep each customer's aggregates in `feature_blocks` and move them a day at a time.
 
 A run as of day D1 whose state is as of D0 < D1 reads only the rows that changed an aggregate: the
 rows dated in [end(D0), end(D1)) (new) and, for every window boundary k days back, the rows dated in
@@ -6,8 +6,9 @@ rows dated in [end(D0), end(D1)) (new) and, for every window boundary k days bac
     value(D1) = value(D0) + sum over [end(D0) - b, end(D1) - b) - sum over [end(D0) - a, end(D1) - a),
 which is exact for counts and, summed in whole cents, for money. Gaps between orders continue the
 same left-to-right sum as a full recompute, so even the float sums match bit for bit. Only the
-customers those rows touch are rewritten; the result equals `tasks.extract.extract_all` exactly
-(tests/tasks/test_incremental.py, day by day, SQLite and PostgreSQL).
+customers those rows touch change, and the result equals `tasks.extract.extract_all` exactly
+(tests/tasks/test_incremental.py, day by day, SQLite and PostgreSQL). The state is stored as columnar
+blocks (numpy .npz, deflated), read and written whole: a million customers in about 1.5 s each way.
 
 Rows are assumed to arrive in time order. The watermark keeps how many orders were dated before the
 state's day and how many events fell in its 180-day window; when a recount differs (rows arrived
@@ -86,7 +87,7 @@ def extract_incremental(engine: Engine, as_of: dt.date, *, now: dt.datetime | No
                 if save:
                     _save_moved(engine, o, e, mark, Mark(keep, *counts))
             if why is None and max(mark.as_of, keep) < as_of:
-                o, e, _ = _advance(pool, engine, o, e, max(mark.as_of, keep), as_of)
+                o, e, _ = _advance(pool, engine, o, e, max(mark.as_of, keep), as_of, count=False)
             customers = customers.result()
     if why is not None:
         raw = extract_all(engine, as_of)
@@ -103,12 +104,13 @@ def last_complete_day(now: dt.datetime | None = None) -> dt.date:
 
 
 def _advance(pool: ThreadPoolExecutor, engine: Engine, o: pd.DataFrame, e: pd.DataFrame, start: dt.date,
-             end: dt.date) -> tuple[pd.DataFrame, pd.DataFrame, tuple[int, int]]:
-    """Order and event aggregates moved from `start` to `end` (both read at once), and the counts at `end`."""
+             end: dt.date, *, count: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, tuple[int, int] | None]:
+    """Order and event aggregates moved from `start` to `end` (both read at once), and the watermark's
+    counts at `end` when the state will be kept there (`count`)."""
     e0, e1 = day_end(start), day_end(end)
     moved_orders = pool.submit(_connected, engine, _advance_orders, o, e0, e1)
     moved_events = pool.submit(_connected, engine, _advance_events, e, e0, e1)
-    counts = _connected(engine, _counts, e1)
+    counts = _connected(engine, _counts, e1) if count else None
     return moved_orders.result(), moved_events.result(), counts
 
 
