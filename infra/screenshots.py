@@ -1,8 +1,10 @@
-"""Refresh the README's Prefect UI screenshots: docs/flow-run.png and docs/artifact.png.
+"""Refresh the README's Prefect UI screenshots: docs/flow-run.png, docs/artifact.png, docs/sharded-run.png.
 
 Starts a throwaway Prefect server (its own PREFECT_HOME, analytics off), runs `lifecycle demo` against
 it into a throwaway warehouse, then photographs the churn_winback flow-run page and its summary
-artifact with headless Chromium. Needs `chromium` (Debian: `apt-get install chromium`).
+artifact with headless Chromium; then runs churn_winback for the next day in 3 shards on a local
+Dask cluster (`--shards 3 --dask`) and photographs that run's page. Needs `chromium` (Debian:
+`apt-get install chromium`).
 
     .venv/bin/python infra/screenshots.py [--customers 5000] [--out docs] [--chromium /usr/bin/chromium]
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import os
 import shutil
 import signal
@@ -73,8 +76,8 @@ def _server(tmp: Path, port: int):
         log.close()
 
 
-def _ids(api: str) -> tuple[str, str]:
-    """The newest churn_winback flow run and its summary artifact."""
+def _ids(api: str) -> tuple[str, str, str]:
+    """The newest churn_winback flow run, its summary artifact and its as-of date."""
     from prefect import get_client
     from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
                                                 FlowRunFilterName)
@@ -90,7 +93,7 @@ def _ids(api: str) -> tuple[str, str]:
         summary = [a for a in arts if a.type == "markdown" and (a.key or "").endswith("-summary")]
         if not summary:
             raise SystemExit(f"run {runs[0].name} has no summary artifact")
-        return str(runs[0].id), str(summary[0].id)
+        return str(runs[0].id), str(summary[0].id), str(runs[0].parameters.get("as_of"))
 
 
 def _shoot(chromium: str, url: str, out: Path, tmp: Path) -> None:
@@ -118,9 +121,15 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([lifecycle, "demo", "--customers", str(args.customers)], cwd=REPO, check=True,
                            env=_env(tmp, PREFECT_API_URL=f"{ui}/api"), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-            run_id, artifact_id = _ids(f"{ui}/api")
+            run_id, artifact_id, as_of = _ids(f"{ui}/api")
             _shoot(args.chromium, f"{ui}/runs/flow-run/{run_id}", args.out / "flow-run.png", tmp)
             _shoot(args.chromium, f"{ui}/artifacts/artifact/{artifact_id}", args.out / "artifact.png", tmp)
+            next_day = (dt.date.fromisoformat(as_of) + dt.timedelta(days=1)).isoformat()
+            subprocess.run([lifecycle, "run", PLAYBOOK, "--as-of", next_day, "--shards", "3", "--dask"], cwd=REPO,
+                           check=True, env=_env(tmp, PREFECT_API_URL=f"{ui}/api"), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            sharded_id, _, _ = _ids(f"{ui}/api")
+            _shoot(args.chromium, f"{ui}/runs/flow-run/{sharded_id}", args.out / "sharded-run.png", tmp)
     finally:
         if args.keep:
             print(f"kept {tmp}")
