@@ -65,9 +65,9 @@ def _build(model_text: str, key: str) -> Predict | None:
         return None
     from infra.settings import lifecycle_home
 
-    folder = lifecycle_home() / "compiled"
-    cache = folder / f"{key}.so"
-    try:
+    try:  # a state folder that cannot be written (read-only home) only means: LightGBM scores
+        folder = lifecycle_home() / "compiled"
+        cache = folder / f"{key}.so"
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             text = Path(tmp) / "model.txt"

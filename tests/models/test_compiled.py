@@ -70,3 +70,12 @@ def test_compiled_trees_that_disagree_with_lightgbm_are_not_used(model, buyers, 
         scores = model.predict(buyers)
     assert (scores == reference).all()
     assert "disagree with LightGBM" in caplog.text
+
+
+def test_a_state_folder_that_cannot_be_written_leaves_scoring_on_lightgbm(model, buyers, always_compile, monkeypatch,
+                                                                          tmp_path):
+    reference = _lightgbm(model, buyers, monkeypatch)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the state folder should be")
+    monkeypatch.setenv("LIFECYCLE_HOME", str(blocked))
+    assert (model.predict(buyers) == reference).all()
