@@ -19,7 +19,6 @@ read afresh.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import hashlib
 import importlib.util
@@ -45,7 +44,7 @@ from infra.errors import ConfigError, UsageError
 from infra.settings import DASK_ADDRESS, ExecutionConfig, ProjectConfig, load_config
 from infra.warehouse.schema import customers
 from tasks.common import IO_RETRIES, warehouse
-from tasks.dispatch import DispatchResult, dispatch, dispatch_frame
+from tasks.dispatch import DispatchResult, dispatch, dispatch_frame, merge_results
 from tasks.extract import Extract, Shard, day_end, extract_all, incremental_features
 from tasks.features import features
 from tasks.score import score
@@ -184,27 +183,6 @@ def dispatch_shard(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, run_id: 
                           model_version=model_version, dry_run=False)
 
 
-def merge(results: list[DispatchResult]) -> DispatchResult:
-    """The shards' dispatch results as one: counts added (also per segment and channel), outboxes and
-    previews joined, as if one dispatch had handled every customer."""
-    out = DispatchResult()
-    for result in results:
-        for f in dataclasses.fields(DispatchResult):
-            setattr(out, f.name, _combine(getattr(out, f.name), getattr(result, f.name)))
-    out.progress_id = None
-    return out
-
-
-def _combine(a: Any, b: Any) -> Any:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return {**a, **{k: _combine(a[k], v) if k in a else v for k, v in b.items()}}
-    if isinstance(a, list) and isinstance(b, list):
-        return a + b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return a + b
-    return b if b is not None else a  # outbox locations: the same place from every shard
-
-
 class Shards:
     """A partitioned run's Dask side: submits the per-shard tasks and remembers which shard each customer
     is in (dispatch splits the allocation the same way) and where the shards ran."""
@@ -271,7 +249,7 @@ class Shards:
         self._note("dispatch", futures)
         if errors:
             raise errors[0]
-        return merge(results)
+        return merge_results(results)
 
     def _note(self, step: str, futures: dict[int, Any]) -> None:
         """Where each shard's task ran (the worker holding its result) and that worker's pid: for the summary."""

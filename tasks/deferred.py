@@ -32,7 +32,7 @@ from infra.settings import ProjectConfig
 from infra.warehouse.bulk import chunks, utcnow
 from infra.warehouse.schema import touches
 from tasks.allocate import active_consents, suppressed_for
-from tasks.dispatch import DispatchResult, counts_line, deliver
+from tasks.dispatch import DispatchResult, counts_line, deliver, merge_results
 from tasks.guardrails import next_quiet_start, sent_counts
 from tasks.common import IO_RETRIES
 
@@ -132,16 +132,11 @@ def replay_deliveries(engine: Engine, config: ProjectConfig, start: dt.datetime,
                       step: dt.timedelta = dt.timedelta(hours=1)) -> DispatchResult:
     """Deliver deferred touches as an hourly deliverer would have from `start` to `end` (naive UTC): for
     replays of past days, such as the demo's month."""
-    total = DispatchResult()
-    now = start
+    hours, now = [], start
     while now <= end:
-        r = deliver_due_touches(engine, config, now=now)
-        for ch, n in r.sent.items():
-            total.sent[ch] = total.sent.get(ch, 0) + n
-        for why, n in r.dropped.items():
-            total.dropped[why] = total.dropped.get(why, 0) + n
+        hours.append(deliver_due_touches(engine, config, now=now))
         now += step
-    return total
+    return merge_results(hours)
 
 
 @task(name="deliver due", cache_policy=NO_CACHE, **IO_RETRIES)

@@ -16,12 +16,14 @@ group); `deferred` (reason `quiet_hours`, to be sent when the quiet hours end).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,6 +63,27 @@ class DispatchResult:
     progress_id: object | None = None  # the flow run's progress artifact, when there is one
     segment_tier: dict[str, dict[str, int]] = field(default_factory=dict)  # segment -> "1 sms" -> touches
     offer_cost: float = 0.0  # coupon unit cost committed by the planned and deferred touches
+
+
+def merge_results(results: list[DispatchResult]) -> DispatchResult:
+    """Several dispatches' results as one (a sharded run's shards, a replayed deliverer's hours): counts
+    added (also per segment and channel), outboxes and previews joined, as if one dispatch had done it all."""
+    out = DispatchResult()
+    for result in results:
+        for f in dataclasses.fields(DispatchResult):
+            setattr(out, f.name, _combine(getattr(out, f.name), getattr(result, f.name)))
+    out.progress_id = None
+    return out
+
+
+def _combine(a: Any, b: Any) -> Any:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {**a, **{k: _combine(a[k], v) if k in a else v for k, v in b.items()}}
+    if isinstance(a, list) and isinstance(b, list):
+        return a + b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return a + b
+    return b if b is not None else a  # outbox locations: the same place from every part
 
 
 def touch_keys(plan: Plan, customer_ids: pd.Index, as_of: dt.date, step: str = STEP) -> np.ndarray:

@@ -26,7 +26,6 @@ from infra.settings import SHIPPED_PLAYBOOKS, load_config, outbox_dir
 from infra.warehouse.db import open_warehouse, upgrade
 from infra.warehouse.schema import touches
 from models import registry
-from tasks.dispatch import DispatchResult
 from tasks.extract import Shard, extract_all
 from tasks.features import build_features
 from tests.conftest import END, PG_REASON, REPO, make_world
@@ -156,22 +155,6 @@ def test_an_empty_warehouse_is_one_open_shard(sqlite_url):
     engine = open_warehouse(sqlite_url, create=True)
     upgrade(engine)
     assert sharding.shard_bounds(engine, END, 4) == [Shard(None, None)]
-
-
-def test_shard_dispatch_results_add_up_to_one():
-    a = DispatchResult(sent={"sms": 2}, already_sent=1, dropped={"no_consent": 1}, outboxes={"sms": "/o/sms.jsonl"},
-                       segment_channel={"high": {"sms": 2}}, segment_tier={"high": {"tier 1 sms": 2}}, offer_cost=1.5)
-    b = DispatchResult(sent={"sms": 1, "push": 3}, dropped={"no_consent": 2, "capacity": 1}, deferred=2,
-                       outboxes={"sms": "/o/sms.jsonl", "push": "/o/push.jsonl"}, failed={"refused": 1},
-                       segment_channel={"high": {"push": 3}, "low": {"sms": 1}}, segment_tier={"low": {"tier 2 sms": 1}},
-                       offer_cost=2.0, retried=4, claimed_elsewhere=1)
-    merged = sharding.merge([a, b])
-    assert merged == DispatchResult(
-        sent={"sms": 3, "push": 3}, already_sent=1, dropped={"no_consent": 3, "capacity": 1}, deferred=2,
-        outboxes={"sms": "/o/sms.jsonl", "push": "/o/push.jsonl"}, failed={"refused": 1}, retried=4,
-        claimed_elsewhere=1, segment_channel={"high": {"sms": 2, "push": 3}, "low": {"sms": 1}},
-        segment_tier={"high": {"tier 1 sms": 2}, "low": {"tier 2 sms": 1}}, offer_cost=3.5)
-    assert sharding.merge([]) == DispatchResult()
 
 
 @pytest.mark.parametrize(("flags", "expected"), [

@@ -16,7 +16,7 @@ from infra.settings import load_config, outbox_dir
 from infra.warehouse.db import open_warehouse, upgrade
 from infra.warehouse.schema import consents, touches
 from tasks.allocate import active_consents, choose_tiers
-from tasks.dispatch import dispatch_frame
+from tasks.dispatch import DispatchResult, dispatch_frame, merge_results
 
 AS_OF = dt.date(2026, 5, 1)
 PLAYBOOK = """
@@ -190,3 +190,19 @@ def test_a_torn_outbox_line_from_a_killed_run_does_not_swallow_the_next_record(p
     assert lines[0] == '{"touch_key": "half a rec'
     delivered = [json.loads(line) for line in lines[1:]]
     assert sorted(m["customer_id"] for m in delivered) == ["r1", "v2"]
+
+
+def test_dispatch_results_of_shards_or_hours_add_up_to_one():
+    a = DispatchResult(sent={"sms": 2}, already_sent=1, dropped={"no_consent": 1}, outboxes={"sms": "/o/sms.jsonl"},
+                       segment_channel={"high": {"sms": 2}}, segment_tier={"high": {"tier 1 sms": 2}}, offer_cost=1.5)
+    b = DispatchResult(sent={"sms": 1, "push": 3}, dropped={"no_consent": 2, "capacity": 1}, deferred=2,
+                       outboxes={"sms": "/o/sms.jsonl", "push": "/o/push.jsonl"}, failed={"refused": 1},
+                       segment_channel={"high": {"push": 3}, "low": {"sms": 1}}, segment_tier={"low": {"tier 2 sms": 1}},
+                       offer_cost=2.0, retried=4, claimed_elsewhere=1)
+    merged = merge_results([a, b])
+    assert merged == DispatchResult(
+        sent={"sms": 3, "push": 3}, already_sent=1, dropped={"no_consent": 3, "capacity": 1}, deferred=2,
+        outboxes={"sms": "/o/sms.jsonl", "push": "/o/push.jsonl"}, failed={"refused": 1}, retried=4,
+        claimed_elsewhere=1, segment_channel={"high": {"sms": 2, "push": 3}, "low": {"sms": 1}},
+        segment_tier={"high": {"tier 1 sms": 2}, "low": {"tier 2 sms": 1}}, offer_cost=3.5)
+    assert merge_results([]) == DispatchResult()
