@@ -197,7 +197,7 @@ class ChurnModel:
             "as_of": self.as_of,
             "horizon_days": self.horizon_days,
             "meta": json.dumps(meta, sort_keys=True, default=str, indent=1),
-            "booster": self.booster.model_to_string(),
+            "booster": self.booster_text,
         }
 
     @classmethod
