@@ -101,6 +101,19 @@ def flow_run_artifacts(flow_run_id: str) -> list:
     return asyncio.run(fetch())
 
 
+def add_first_buyers(engine, first_orders: dict, signed_up_at: dt.datetime) -> None:
+    """New customers with push consent (since signing up) and one first order each, at the given times."""
+    from infra.warehouse.schema import consents, customers, orders
+
+    with engine.begin() as conn:
+        conn.execute(customers.insert(), [{"customer_id": c, "signed_up_at": signed_up_at, "timezone": midday_zone(),
+                                           "first_name": "New"} for c in first_orders])
+        conn.execute(consents.insert(), [{"customer_id": c, "channel": "push", "purpose": "marketing",
+                                          "granted_at": signed_up_at} for c in first_orders])
+        conn.execute(orders.insert(), [{"order_id": f"o-{c}", "customer_id": c, "ordered_at": t, "amount": 99.0}
+                                       for c, t in first_orders.items()])
+
+
 def midday_zone() -> str:
     """A timezone where it is early afternoon now, so quiet hours never defer a test's touches."""
     from infra.warehouse.bulk import utcnow

@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from infra.settings import SHIPPED_PLAYBOOKS
 from infra.warehouse.bulk import utcnow
-from infra.warehouse.schema import consents, customers, orders, touches
-from tests.conftest import make_world, midday_zone
+from infra.warehouse.schema import touches
+from tests.conftest import add_first_buyers, make_world
 
 pytestmark = pytest.mark.slow
 PLAYBOOK = str(SHIPPED_PLAYBOOKS / "new_customer_onboarding.yaml")  # trigger: order.placed
@@ -19,13 +19,7 @@ NEW = ["N1", "N2", "N3"]
 
 
 def _first_orders(engine, ids, at):
-    with engine.begin() as conn:
-        conn.execute(customers.insert(), [{"customer_id": c, "signed_up_at": at - dt.timedelta(days=1),
-                                           "timezone": midday_zone(), "first_name": "New"} for c in ids])
-        conn.execute(consents.insert(), [{"customer_id": c, "channel": "push", "purpose": "marketing",
-                                          "granted_at": at - dt.timedelta(days=1)} for c in ids])
-        conn.execute(orders.insert(), [{"order_id": f"o-{c}", "customer_id": c, "ordered_at": at, "amount": 99.0}
-                                       for c in ids])
+    add_first_buyers(engine, dict.fromkeys(ids, at), at - dt.timedelta(days=1))
 
 
 def test_new_orders_trigger_the_playbook_for_their_customers_once(prefect_harness, sqlite_url, monkeypatch):

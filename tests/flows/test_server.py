@@ -33,8 +33,8 @@ from flows.compiler import compile_file
 from flows.training import train
 from infra.settings import SHIPPED_PLAYBOOKS, load_config
 from infra.warehouse.bulk import utcnow
-from infra.warehouse.schema import consents, customers, orders, touches
-from tests.conftest import END, PG_REASON, REPO, make_world, midday_zone
+from infra.warehouse.schema import customers, touches
+from tests.conftest import END, PG_REASON, REPO, add_first_buyers, make_world
 
 pytestmark = pytest.mark.slow
 
@@ -267,13 +267,7 @@ def _event_triggered_run(tmp: Path, api: str, engine, client) -> None:
     onboarding = client.read_deployment_by_name(f"{TRIGGERED}/{TRIGGERED}")
     at = (utcnow() - dt.timedelta(minutes=5)).replace(microsecond=0)  # older than the relay's 30 s settling time
     first = {**{c: at for c in NEW}, EARLIER: at - dt.timedelta(days=2)}
-    with engine.begin() as conn:
-        conn.execute(customers.insert(), [{"customer_id": c, "signed_up_at": at - dt.timedelta(days=3),
-                                           "timezone": midday_zone(), "first_name": "New"} for c in first])
-        conn.execute(consents.insert(), [{"customer_id": c, "channel": "push", "purpose": "marketing",
-                                          "granted_at": at - dt.timedelta(days=3)} for c in first])
-        conn.execute(orders.insert(), [{"order_id": f"o-{c}", "customer_id": c, "ordered_at": t, "amount": 99.0}
-                                       for c, t in first.items()])
+    add_first_buyers(engine, first, at - dt.timedelta(days=3))
 
     with temporary_settings({PREFECT_API_URL: api}):
         relay = run_deployment("event-relay/event-relay", timeout=150)
