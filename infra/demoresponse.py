@@ -32,7 +32,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 
 from infra.demoworld import CATEGORIES, CATEGORY_WEIGHTS
-from infra.warehouse.bulk import bulk_insert, chunks
+from infra.warehouse.bulk import among, bulk_insert, chunks
 from infra.warehouse.schema import customers, orders
 
 ORDER_PREFIX = "RSP"  # response orders: RSP + a hash of (seed, playbook, as-of day, customer)
@@ -233,10 +233,10 @@ def respond(engine: Engine, touched: pd.DataFrame, *, seed: int, effects: Effect
             o.order_id.like(f"{ORDER_PREFIX}%"), o.ordered_at >= start)).scalar_one() > 0
         for part in chunks(ids):
             base += conn.execute(select(o.order_id, o.customer_id, o.ordered_at, o.amount).where(
-                o.customer_id.in_(part), o.ordered_at >= start, o.ordered_at < stop.to_pydatetime(),
+                among(o.customer_id, part), o.ordered_at >= start, o.ordered_at < stop.to_pydatetime(),
                 ~o.order_id.like(f"{ORDER_PREFIX}%"))).all()
             history += conn.execute(select(o.customer_id, func.avg(o.amount)).where(
-                o.customer_id.in_(part), o.ordered_at < start).group_by(o.customer_id)).all()
+                among(o.customer_id, part), o.ordered_at < start).group_by(o.customer_id)).all()
     baseline = pd.DataFrame(base, columns=["order_id", "customer_id", "ordered_at", "amount"])
     typical = pd.Series({c: float(a) for c, a in history}, dtype=float)
     response = simulate(touched, baseline, typical, seed=seed, effects=effects, until=until)

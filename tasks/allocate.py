@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine
 from flows.plan import Plan
 from infra.settings import ControlGroup
 from tasks import guardrails
-from infra.warehouse.bulk import chunks, utcnow
+from infra.warehouse.bulk import among, chunks, utcnow
 from infra.warehouse.schema import consents, suppressions
 from tasks.extract import day_end
 from tasks.common import IO_RETRIES
@@ -51,10 +51,10 @@ def active_consents(engine: Engine, customer_ids: list[str], pairs: set[tuple[st
     with engine.connect() as conn:
         for ids in chunks(customer_ids):
             stmt = select(t.customer_id, t.channel, t.purpose).where(
-                t.customer_id.in_(ids), t.channel.in_(channels), t.purpose.in_(purposes),
+                among(t.customer_id, ids), t.channel.in_(channels), t.purpose.in_(purposes),
                 t.granted_at <= at, or_(t.withdrawn_at.is_(None), t.withdrawn_at > at),
             )
-            found.update((r[0], r[1], r[2]) for r in conn.execute(stmt))
+            found.update(map(tuple, conn.execute(stmt).all()))
     return found
 
 
@@ -64,8 +64,8 @@ def suppressed_for(engine: Engine, customer_ids: list[str]) -> set[tuple[str, st
     found: set[tuple[str, str | None]] = set()
     with engine.connect() as conn:
         for ids in chunks(customer_ids):
-            stmt = select(t.customer_id, t.channel).where(t.customer_id.in_(ids))
-            found.update((r[0], r[1]) for r in conn.execute(stmt))
+            stmt = select(t.customer_id, t.channel).where(among(t.customer_id, ids))
+            found.update(map(tuple, conn.execute(stmt).all()))
     return found
 
 
@@ -84,9 +84,9 @@ def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str
     reason = np.full(n, "no_consent", dtype=object)  # why a customer got no tier, if none
     skipped = np.full(n, "", dtype=object)  # "0:capacity 1:no_consent": why each earlier tier passed them by
     active = np.ones(n, dtype=bool)
-    suppressed = suppressed or set()
-    blocked_all = np.fromiter(((cid, None) in suppressed for cid in ids), dtype=bool, count=n)
-    rival = np.fromiter((cid in (outranked_by or ()) for cid in ids), dtype=bool, count=n)
+    holders, blocked_on = _holders(granted), _holders(suppressed or set())
+    blocked_all = _member(ids, blocked_on, (None,))
+    rival = _member(ids, {(): list(outranked_by or ())}, ())
     for why, mask in (("global_control", guardrails.in_control_group(ids, plan, control)),
                       ("holdout", guardrails.held_out(ids, plan)), ("suppressed", blocked_all),
                       ("priority", rival), ("frequency_cap", guardrails.over_cap(recent, out.index, plan))):
@@ -114,10 +114,8 @@ def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str
             open_ = np.flatnonzero(in_seg & (tier == -1))
             if not len(open_):
                 break
-            ok = np.fromiter(((cid, t.consent_channel, t.purpose) in granted for cid in ids[open_]),
-                             dtype=bool, count=len(open_))
-            blocked = np.fromiter(((cid, t.consent_channel) in suppressed for cid in ids[open_]),
-                                  dtype=bool, count=len(open_))
+            ok = _member(ids[open_], holders, (t.consent_channel, t.purpose))
+            blocked = _member(ids[open_], blocked_on, (t.consent_channel,))
             why = np.full(n, None, dtype=object)  # why this tier passed each customer by, for the trace
             why[open_] = "no_consent"
             why[open_[ok & blocked]] = "suppressed"
@@ -143,7 +141,7 @@ def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str
                 (-1.0 if len(take) < wanted else np.inf)
             passed = np.setdiff1d(open_, take, assume_unique=True)
             skipped[passed] = skipped[passed] + f"{i}:" + why[passed] + " "
-    would = _would_be_tiers(out, plan, granted, suppressed, reason == "holdout", rank, cutoff)
+    would = _would_be_tiers(out, plan, holders, blocked_on, reason == "holdout", rank, cutoff)
     out["tier"] = tier
     out["channel"] = pd.Series(channel, index=out.index, dtype="string")
     out["variant"] = pd.Series(variant, index=out.index, dtype="string")
@@ -156,7 +154,24 @@ def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str
     return out.join(would)
 
 
-def _would_be_tiers(out: pd.DataFrame, plan: Plan, granted: set, suppressed: set, held: np.ndarray,
+def _holders(pairs: set[tuple]) -> dict[tuple, list]:
+    """(customer_id, *rest) tuples as rest -> the customers holding it: a consent's (channel, purpose),
+    a suppression's (channel,)."""
+    out: dict[tuple, list] = {}
+    for cid, *rest in pairs:
+        out.setdefault(tuple(rest), []).append(cid)
+    return out
+
+
+def _member(ids: np.ndarray, holders: dict[tuple, list], key: tuple) -> np.ndarray:
+    """Which of `ids` hold `key` (one hash lookup per customer, not a Python loop)."""
+    held = holders.get(key)
+    if not held:
+        return np.zeros(len(ids), dtype=bool)
+    return pd.Index(ids).isin(held)
+
+
+def _would_be_tiers(out: pd.DataFrame, plan: Plan, holders: dict, blocked_on: dict, held: np.ndarray,
                     rank: np.ndarray, cutoff: dict[tuple[str, int], float]) -> pd.DataFrame:
     """The tier, channel and variant each held-out customer would have got: the first tier they consented
     to whose capacity and budget would have reached them (their churn-score rank within the rank the
@@ -172,8 +187,8 @@ def _would_be_tiers(out: pd.DataFrame, plan: Plan, granted: set, suppressed: set
             open_ = np.flatnonzero(held & (segments == seg.name) & (tier == -1))
             if not len(open_):
                 break
-            ok = np.fromiter((((cid, t.consent_channel, t.purpose) in granted and (cid, t.consent_channel)
-                               not in suppressed) for cid in ids[open_]), dtype=bool, count=len(open_))
+            ok = (_member(ids[open_], holders, (t.consent_channel, t.purpose))
+                  & ~_member(ids[open_], blocked_on, (t.consent_channel,)))
             take = open_[ok & (rank[open_] <= cutoff.get((seg.name, i), np.inf))]
             tier[take], channel[take] = i, t.channel
             variant[take] = guardrails.pick_variants(ids[take], plan, f"{seg.name}/{i}", t.variants)

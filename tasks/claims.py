@@ -25,7 +25,7 @@ import pandas as pd
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Engine
 
-from infra.warehouse.bulk import chunks, insert_ignore, utcnow
+from infra.warehouse.bulk import among, chunks, insert_ignore, utcnow
 from infra.warehouse.schema import touches
 
 if TYPE_CHECKING:
@@ -61,11 +61,11 @@ def claim(engine: Engine, keys: Sequence[str], token: str) -> set[str]:
         for part in chunks(list(keys), CHUNK):
             chunk = list(part)
             conn.execute(update(touches).where(
-                t.touch_key.in_(chunk), t.status == "planned",
+                among(t.touch_key, chunk), t.status == "planned",
                 or_(t.claimed_by.is_(None), t.claimed_by == token, t.claimed_at < now - lease()),
             ).values(claimed_by=token, claimed_at=now))
             mine.update(conn.execute(select(t.touch_key).where(
-                t.touch_key.in_(chunk), t.claimed_by == token, t.status == "planned")).scalars())
+                among(t.touch_key, chunk), t.claimed_by == token, t.status == "planned")).scalars())
     return mine
 
 
@@ -76,13 +76,13 @@ def finish(engine: Engine, token: str, delivery: Delivery) -> None:
     mine = and_(t.claimed_by == token, t.status == "planned")
     with engine.begin() as conn:
         for part in chunks(delivery.sent, CHUNK):
-            conn.execute(update(touches).where(t.touch_key.in_(part), mine)
+            conn.execute(update(touches).where(among(t.touch_key, part), mine)
                          .values(status="sent", updated_at=now))
         for key, why in delivery.failed.items():
             conn.execute(update(touches).where(t.touch_key == key, mine)
                          .values(status="failed", reason=why[:128], updated_at=now))
         for part in chunks(delivery.undelivered, CHUNK):
-            conn.execute(update(touches).where(t.touch_key.in_(part), mine)
+            conn.execute(update(touches).where(among(t.touch_key, part), mine)
                          .values(claimed_by=None, claimed_at=None, updated_at=now))
 
 

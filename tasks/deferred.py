@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine
 
 from flows.plan import QuietHours
 from infra.settings import ProjectConfig
-from infra.warehouse.bulk import chunks, utcnow
+from infra.warehouse.bulk import among, chunks, utcnow
 from infra.warehouse.schema import touches
 from tasks.allocate import active_consents, suppressed_for
 from tasks.dispatch import DispatchResult, counts_line, deliver, merge_results
@@ -112,12 +112,12 @@ def deliver_due_touches(engine: Engine, config: ProjectConfig, *, now: dt.dateti
         for reason in sorted(set(why.dropna())):
             keys = list(waiting.loc[why == reason, "touch_key"])
             for part in chunks(keys):
-                conn.execute(update(touches).where(t.touch_key.in_(part), t.status == "deferred")
+                conn.execute(update(touches).where(among(t.touch_key, part), t.status == "deferred")
                              .values(status="dropped", reason=reason, updated_at=now))
             result.dropped[reason] = len(keys)
         go = list(waiting.loc[why.isna(), "touch_key"])
         for part in chunks(go):
-            conn.execute(update(touches).where(t.touch_key.in_(part), t.status == "deferred")
+            conn.execute(update(touches).where(among(t.touch_key, part), t.status == "deferred")
                          .values(status="planned", updated_at=now))
     ready = due[due["touch_key"].isin(go) | (due["status"] == "planned")]
     messages = {k: json.loads(p)["message"] for k, p in zip(ready["touch_key"], ready["payload"]) if p}

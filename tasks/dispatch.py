@@ -35,7 +35,7 @@ from sqlalchemy.engine import Engine
 from flows.plan import Plan
 from infra.errors import DispatchError
 from infra.settings import ProjectConfig
-from infra.warehouse.bulk import chunks, utcnow
+from infra.warehouse.bulk import among, chunks, utcnow
 from infra.warehouse.schema import touches
 from tasks import claims
 from tasks.channels import open_channel
@@ -345,11 +345,11 @@ def _take_over(engine: Engine, frame: pd.DataFrame, now: dt.datetime) -> set[str
     cancelled: set[str] = set()
     with engine.begin() as conn:
         for part in chunks(keys):
-            conn.execute(update(touches).where(t.touch_key.in_(part), t.status.in_(["planned", "deferred"]),
+            conn.execute(update(touches).where(among(t.touch_key, part), t.status.in_(["planned", "deferred"]),
                                                t.claimed_by.is_(None))
                          .values(status="dropped", reason="priority", updated_at=now))
             cancelled.update(conn.execute(select(t.touch_key).where(
-                t.touch_key.in_(part), t.status == "dropped", t.reason == "priority")).scalars())
+                among(t.touch_key, part), t.status == "dropped", t.reason == "priority")).scalars())
     return {c for c, ks in wanted.items() if not set(ks) <= cancelled}
 
 
@@ -359,7 +359,7 @@ def _ledger_status(engine: Engine, keys: list[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     with engine.connect() as conn:
         for part in chunks(keys):
-            found.update(conn.execute(select(t.touch_key, t.status).where(t.touch_key.in_(part))).all())
+            found.update(conn.execute(select(t.touch_key, t.status).where(among(t.touch_key, part))).all())
     return found
 
 

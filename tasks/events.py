@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from infra.warehouse.bulk import chunks, utcnow
+from infra.warehouse.bulk import among, chunks, utcnow
 from flows.plan import Plan
 from infra.warehouse.schema import event_watermarks, events, orders
 from tasks.common import IO_RETRIES
@@ -52,18 +52,18 @@ def count_between(engine: Engine, event_type: str, start: dt.datetime, end: dt.d
 
 
 def producers(engine: Engine, event_type: str, start: dt.datetime, end: dt.datetime,
-              among: list[str] | None = None) -> set[str]:
-    """Customers with an event of this type in (start, end], optionally only among `among`."""
+              within: list[str] | None = None) -> set[str]:
+    """Customers with an event of this type in (start, end], optionally only those `within` a list."""
     customer, at, extra = _source(event_type)
     base = select(customer).where(at > start, at <= end).distinct()
     if extra is not None:
         base = base.where(extra)
     found: set[str] = set()
     with engine.connect() as conn:
-        if among is None:
+        if within is None:
             return set(conn.execute(base).scalars())
-        for part in chunks(among):
-            found.update(conn.execute(base.where(customer.in_(part))).scalars())
+        for part in chunks(within):
+            found.update(conn.execute(base.where(among(customer, part))).scalars())
     return found
 
 
@@ -119,7 +119,7 @@ def keep_producers(engine: Engine, selected: pd.DataFrame, counts: dict, plan: P
                    window_end: str) -> tuple[pd.DataFrame, dict]:
     """The selected customers who produced the trigger event in the window; the segments recounted."""
     start, end = dt.datetime.fromisoformat(window_start), dt.datetime.fromisoformat(window_end)
-    ids = producers(engine, plan.trigger.event, start, end, among=list(selected.index)) if plan.trigger else set()
+    ids = producers(engine, plan.trigger.event, start, end, within=list(selected.index)) if plan.trigger else set()
     keep = selected[selected.index.isin(list(ids))]
     segments = keep["segment"].value_counts()
     return keep, {**counts, "triggered_by": len(ids), "window": [window_start, window_end],

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from flows.plan import Plan, QuietHours, VariantPlan
 from infra.settings import ControlGroup
-from infra.warehouse.bulk import chunks
+from infra.warehouse.bulk import among, chunks
 from infra.warehouse.schema import touches
 
 DEFAULT_SEND_TIME = dt.time(10, 0)  # UTC, for playbooks without a schedule
@@ -103,30 +103,36 @@ def zone(name: str) -> dt.tzinfo:
 def in_quiet_hours(timezones: pd.Series, at: dt.datetime, quiet: QuietHours) -> np.ndarray:
     """True where `at` falls in the quiet window in the customer's own timezone (unknown zones: UTC)."""
     start, end = _minutes(quiet.start), _minutes(quiet.end)
-    out = np.zeros(len(timezones), dtype=bool)
-    zones = timezones.fillna("UTC").astype(str).to_numpy()
-    for name in np.unique(zones):
+    codes, names = _zone_codes(timezones)
+    quiet_in = np.zeros(len(names), dtype=bool)
+    for k, name in enumerate(names):
         local = at.astimezone(zone(name))
         m = local.hour * 60 + local.minute
-        quiet_now = (start <= m < end) if start < end else (m >= start or m < end)  # a window may span midnight
-        out[zones == name] = quiet_now
-    return out
+        quiet_in[k] = (start <= m < end) if start < end else (m >= start or m < end)  # a window may span midnight
+    return quiet_in[codes]
 
 
 def quiet_ends(timezones: pd.Series, at: dt.datetime, quiet: QuietHours) -> pd.Series:
     """When quiet hours that hold at `at` end in each customer's timezone, as naive UTC (NaT when not quiet)."""
     end_h, end_m = divmod(_minutes(quiet.end), 60)
-    quiet_now = in_quiet_hours(timezones, at, quiet)
-    zones = timezones.fillna("UTC").astype(str).to_numpy()
-    out = np.full(len(zones), np.datetime64("NaT"), dtype="datetime64[us]")
-    for name in np.unique(zones[quiet_now]):
-        tz = zone(name)
+    codes, names = _zone_codes(timezones)
+    ends = np.full(len(names), np.datetime64("NaT"), dtype="datetime64[us]")
+    quiet_in = in_quiet_hours(pd.Series(names, dtype=object), at, quiet)
+    for k in np.flatnonzero(quiet_in):
+        tz = zone(names[k])
         local = at.astimezone(tz)
         end = local.replace(hour=end_h, minute=end_m, second=0, microsecond=0)
         if end <= local:
             end = dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(end_h, end_m), tzinfo=tz)
-        out[(zones == name) & quiet_now] = np.datetime64(end.astimezone(dt.UTC).replace(tzinfo=None), "us")
-    return pd.Series(out, index=timezones.index)
+        ends[k] = np.datetime64(end.astimezone(dt.UTC).replace(tzinfo=None), "us")
+    return pd.Series(ends[codes], index=timezones.index)
+
+
+def _zone_codes(timezones: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Each customer's timezone as a code into the list of distinct names (missing: UTC): a handful of
+    zones to work out instead of one per customer."""
+    codes, names = pd.factorize(timezones.fillna("UTC").astype(str))
+    return codes, [str(n) for n in names]
 
 
 def next_quiet_start(timezones: pd.Series, after: pd.Series, quiet: QuietHours) -> pd.Series:
@@ -172,7 +178,7 @@ def sent_counts(engine: Engine, ids: list[str], since: dt.date, until: dt.date,
     counts: dict[str, int] = {}
     with engine.connect() as conn:
         for part in chunks(ids):
-            stmt = select(t.customer_id, func.count()).where(t.customer_id.in_(part), *where).group_by(t.customer_id)
+            stmt = select(t.customer_id, func.count()).where(among(t.customer_id, part), *where).group_by(t.customer_id)
             counts.update({c: int(n) for c, n in conn.execute(stmt)})
     return pd.Series(counts, dtype="int64")
 
@@ -196,7 +202,7 @@ def same_day_rivals(engine: Engine, ids: list[str], plan: Plan, as_of: dt.date) 
     with engine.connect() as conn:
         for part in chunks(ids):
             stmt = select(t.customer_id, t.touch_key, t.status, t.priority, t.claimed_by).where(
-                t.customer_id.in_(part), t.as_of == as_of,
+                among(t.customer_id, part), t.as_of == as_of,
                 t.playbook != plan.name, t.status.in_(RIVAL_STATUSES))
             rows += conn.execute(stmt).all()
     return pd.DataFrame(rows, columns=cols)

@@ -24,7 +24,7 @@ from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.engine import Engine
 
 from flows.plan import FollowUpPlan, Plan, SegmentPlan
-from infra.warehouse.bulk import chunks, insert_ignore, utcnow
+from infra.warehouse.bulk import among, chunks, insert_ignore, utcnow
 from infra.warehouse.schema import events, journeys, orders, plans, touches
 
 ENTERED = ("planned", "sent", "deferred", "held_out")
@@ -54,7 +54,7 @@ def admit(engine: Engine, selected: pd.DataFrame, plan: Plan, as_of: dt.date) ->
     with engine.connect() as conn:
         for part in chunks(list(selected.index)):
             last.update(conn.execute(select(j.customer_id, func.max(j.entered_on)).where(
-                j.playbook == plan.name, j.customer_id.in_(part), j.entered_on < as_of)
+                j.playbook == plan.name, among(j.customer_id, part), j.entered_on < as_of)
                 .group_by(j.customer_id)).all())
     if mode == "once":
         keep = ~selected.index.isin(list(last))
@@ -142,7 +142,7 @@ def since_entry(engine: Engine, group: pd.DataFrame, as_of: dt.date) -> pd.DataF
     with engine.connect() as conn:
         for part in chunks(ids):
             counts.update(conn.execute(select(o.customer_id, func.count()).where(
-                o.customer_id.in_(part), o.ordered_at >= start, o.ordered_at < until).group_by(o.customer_id)).all())
+                among(o.customer_id, part), o.ordered_at >= start, o.ordered_at < until).group_by(o.customer_id)).all())
     return pd.DataFrame({"orders_since_touch": [counts.get(c, 0) for c in ids],
                          "days_since_touch": (as_of - entered).days}, index=pd.Index(ids, name="customer_id"))
 
@@ -154,7 +154,7 @@ def main_touch_sent(engine: Engine, playbook: str, entered_on: dt.date, ids: lis
     with engine.connect() as conn:
         for part in chunks(ids):
             found.update(conn.execute(select(t.customer_id, t.status).where(
-                t.playbook == playbook, t.as_of == entered_on, t.step == "main", t.customer_id.in_(part))).all())
+                t.playbook == playbook, t.as_of == entered_on, t.step == "main", among(t.customer_id, part))).all())
     return found
 
 
@@ -167,7 +167,7 @@ def advance(engine: Engine, playbook: str, entered_on: dt.date, plan: Plan, step
     with engine.begin() as conn:
         for part in chunks(ids):
             conn.execute(update(journeys).where(and_(
-                j.playbook == playbook, j.entered_on == entered_on, j.customer_id.in_(part),
+                j.playbook == playbook, j.entered_on == entered_on, among(j.customer_id, part),
                 j.state == "active", j.next_step == step)).values(**values, updated_at=utcnow()))
 
 
@@ -176,5 +176,5 @@ def close(engine: Engine, playbook: str, entered_on: dt.date, ids: list[str], st
     with engine.begin() as conn:
         for part in chunks(ids):
             conn.execute(update(journeys).where(
-                j.playbook == playbook, j.entered_on == entered_on, j.customer_id.in_(part), j.state == "active")
+                j.playbook == playbook, j.entered_on == entered_on, among(j.customer_id, part), j.state == "active")
                 .values(state=state, next_step=None, next_due=None, updated_at=utcnow()))

@@ -17,7 +17,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from infra.warehouse.bulk import chunks
+from infra.warehouse.bulk import among, chunks
 from infra.warehouse.schema import customers, events, orders
 from tasks.extract import EVENT_SCAN_DAYS, day_end, has_events
 from tasks.features import build_features
@@ -48,11 +48,11 @@ def read_rows(engine: Engine, customer_ids: Sequence[str], until: dt.date, since
     with engine.connect() as conn:
         for part in chunks(ids):
             who += conn.execute(select(*(customers.c[c] for c in CUSTOMER_COLUMNS))
-                                .where(customers.c.customer_id.in_(part))).all()
+                                .where(among(customers.c.customer_id, part))).all()
             bought += conn.execute(select(orders.c.customer_id, orders.c.ordered_at, orders.c.amount)
-                                   .where(orders.c.customer_id.in_(part), orders.c.ordered_at < end)).all()
+                                   .where(among(orders.c.customer_id, part), orders.c.ordered_at < end)).all()
             seen += conn.execute(select(events.c.customer_id, events.c.occurred_at, events.c.type)
-                                 .where(events.c.customer_id.in_(part), events.c.occurred_at >= start,
+                                 .where(among(events.c.customer_id, part), events.c.occurred_at >= start,
                                         events.c.occurred_at < end)).all()
         with_events = has_events(conn)
     bought_f = pd.DataFrame(bought, columns=["customer_id", "ordered_at", "amount"])

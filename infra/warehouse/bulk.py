@@ -5,14 +5,17 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Integer, Table
+from sqlalchemy import Boolean, Integer, String, Table, bindparam
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement
 
 CHUNK_ROWS = 200_000
 ID_CHUNK = 20_000  # ids per IN (...) list: well under every driver's parameter limit
@@ -22,6 +25,44 @@ def chunks(items: Sequence[T], size: int = ID_CHUNK) -> Iterator[Sequence[T]]:
     """Consecutive slices of at most `size` items, for IN (...) lists and executemany batches."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class among(ColumnElement):
+    """`column IN (values)` with the values as one JSON parameter, for lists of thousands of ids.
+
+    SQLAlchemy's `in_()` binds one parameter per value and rewrites the statement for each list
+    (0.4 s per 177,000 ids, as much as the lookup itself); here the database unpacks the list:
+    json_each on SQLite, json_array_elements_text on PostgreSQL. Other databases get `in_()`.
+    """
+
+    type = Boolean()
+    _is_implicitly_boolean = True  # a comparison already: no "= 1" after it on SQLite, which hides the index
+    inherit_cache = False  # the statement holds a per-call JSON text: nothing to cache
+
+    def __init__(self, column, values) -> None:
+        self.column = column
+        self.values = list(values)
+        self.param = bindparam(None, json.dumps(self.values, default=str), type_=String, unique=True)
+
+    @property
+    def _from_objects(self) -> list:  # the column's table, so a SELECT without other columns has its FROM
+        return self.column._from_objects
+
+
+@compiles(among)
+def _among_default(element: among, compiler, **kw) -> str:
+    return compiler.process(element.column.in_(element.values), **kw)
+
+
+@compiles(among, "sqlite")
+def _among_sqlite(element: among, compiler, **kw) -> str:
+    return f"{compiler.process(element.column, **kw)} IN (SELECT value FROM json_each({compiler.process(element.param, **kw)}))"
+
+
+@compiles(among, "postgresql")
+def _among_postgresql(element: among, compiler, **kw) -> str:
+    return (f"{compiler.process(element.column, **kw)} IN "
+            f"(SELECT json_array_elements_text(CAST({compiler.process(element.param, **kw)} AS json)))")
 
 
 def utcnow() -> dt.datetime:
@@ -114,18 +155,25 @@ def _as_sql_text(value):
         return value.strftime(_SQLITE_DATETIME)
     if isinstance(value, dt.date):
         return value.isoformat()
-    return value
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _sqlite_values(series: pd.Series) -> list:
+    """A column as the Python values sqlite3 binds: None for missing, text for dates and times."""
     if pd.api.types.is_datetime64_any_dtype(series):
-        text = series.dt.strftime(_SQLITE_DATETIME)
-        return text.where(series.notna(), None).tolist()
+        if isinstance(series.dtype, pd.DatetimeTZDtype):
+            text = series.dt.strftime(_SQLITE_DATETIME)
+            return text.where(series.notna(), None).tolist()
+        stamps = series.to_numpy().astype("datetime64[us]")
+        text = np.char.replace(np.datetime_as_string(stamps, unit="us"), "T", " ").astype(object)
+        text[np.isnat(stamps)] = None
+        return text.tolist()
     if series.dtype == object:
+        if pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty"):
+            return series.where(series.notna(), None).tolist()
         return [None if v is None or (isinstance(v, float) and np.isnan(v)) else _as_sql_text(v)
                 for v in series.tolist()]
-    values = series.astype(object).where(series.notna(), None)
-    return [v.item() if isinstance(v, np.generic) else v for v in values.tolist()]
+    return series.to_numpy(dtype=object, na_value=None).tolist()
 
 
 def _executemany_sqlite(conn: Connection, table: Table, chunk: pd.DataFrame, verb: str = "INSERT") -> None:

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 
 from infra.errors import UsageError
 from infra.warehouse import schema
-from infra.warehouse.bulk import bulk_insert
+from infra.warehouse.bulk import among, bulk_insert
 
 Kind = Literal["orders", "customers", "events"]
 MAX_PROBLEMS = 20
@@ -173,7 +173,7 @@ def import_file(engine: Engine, kind: Kind, path: Path | str, mapping: dict[str,
             taken: set = set()
             for start in range(0, len(ids), 1000):
                 chunk = ids[start:start + 1000]
-                taken |= set(conn.execute(select(table.c[key]).where(table.c[key].in_(chunk))).scalars())
+                taken |= set(conn.execute(select(table.c[key]).where(among(table.c[key], chunk))).scalars())
             if taken:
                 problems = Problems(path)
                 rows = np.flatnonzero(frame[key].isin(taken).to_numpy())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from infra.warehouse.bulk import bulk_insert
 from infra.warehouse.db import open_warehouse, upgrade
@@ -50,3 +50,31 @@ def test_insert_ignore_keeps_the_rows_already_there(any_url):
     with engine.connect() as conn:
         names = dict(conn.execute(select(customers.c.customer_id, customers.c.first_name)).all())
     assert names == {"a": "Old A", "b": "Old B", "c": "New C"}
+
+
+def test_among_matches_in_on_both_databases(any_url):
+    """`among` (one JSON parameter for a list of ids) selects, updates and negates exactly as `in_`,
+    for ids with quotes, non-ASCII text and numbers-as-text, and for a list longer than a chunk."""
+    from sqlalchemy import update
+
+    from infra.warehouse.bulk import among
+
+    engine = open_warehouse(any_url, create=True)
+    upgrade(engine)
+    ids = [f"c{i:05d}" for i in range(30_000)] + ["o'brien", 'say "hi"', "客户-7", "00042"]
+    frame = pd.DataFrame({"customer_id": ids, "signed_up_at": pd.Timestamp("2025-01-01"), "timezone": "UTC"})
+    with engine.begin() as conn:
+        bulk_insert(conn, customers, frame)
+    c = customers.c
+    wanted = ids[::7] + ["o'brien", 'say "hi"', "客户-7", "00042", "absent", "42"]
+    with engine.begin() as conn:
+        got = set(conn.execute(select(c.customer_id).where(among(c.customer_id, wanted))).scalars())
+        expected = set(conn.execute(select(c.customer_id).where(c.customer_id.in_(wanted))).scalars())
+        conn.execute(update(customers).where(among(c.customer_id, ["客户-7", "c00001"])).values(timezone="Asia/Shanghai"))
+        moved = set(conn.execute(select(c.customer_id).where(c.timezone == "Asia/Shanghai")).scalars())
+        outside = conn.execute(select(func.count()).where(~among(c.customer_id, wanted))).scalar_one()
+        none = conn.execute(select(c.customer_id).where(among(c.customer_id, []))).all()
+    assert got == expected == set(wanted) & set(ids)
+    assert moved == {"客户-7", "c00001"}
+    assert outside == len(ids) - len(got)
+    assert none == []
