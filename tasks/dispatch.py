@@ -154,8 +154,10 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
         frame["variant"] = pd.Series(pd.NA, index=frame.index, dtype="string")
     templates = {(s.name, i, v): t.arm(v).template for s in plan.segments for i, t in enumerate(s.tiers)
                  for v in [None, *(a.name for a in t.variants)]}
-    frame["template"] = [templates.get((s, t, None if pd.isna(v) else v))
-                         for s, t, v in zip(frame["segment"], frame["tier"], frame["variant"])]
+    chosen = np.full(len(frame), None, dtype=object)
+    for (s, t, v), rows in frame.groupby(["segment", "tier", "variant"], dropna=False, sort=False).indices.items():
+        chosen[rows] = templates.get((s, t, None if pd.isna(v) else v))
+    frame["template"] = chosen
     frame["status"] = ledger_status(frame)
     planned = frame[frame["status"] == "planned"]
     dropped = frame[frame["status"].isin(["dropped", "held_out"])]

@@ -101,24 +101,22 @@ def _days_between(when: pd.Series, end: pd.Timestamp) -> pd.Series:
 
 def days_to_birthday(birthdays: pd.Series, as_of: dt.date) -> pd.Series:
     """Days until the next birthday on or after as_of; 29 February counts as 28 February in other years."""
-    out = pd.Series(pd.NA, index=birthdays.index, dtype="Int64")
-    known = birthdays.dropna()
-    if known.empty:
-        return out
-    born = pd.to_datetime(pd.Series(known.values, index=known.index))
-    month, day = born.dt.month.to_numpy(), born.dt.day.to_numpy()
+    born = pd.to_datetime(pd.Series(birthdays.to_numpy(), index=birthdays.index))
+    known = born.notna().to_numpy()
+    if not known.any():
+        return pd.Series(pd.NA, index=birthdays.index, dtype="Int64")
+    month, day = born.dt.month.to_numpy()[known].astype(int), born.dt.day.to_numpy()[known].astype(int)
 
-    def occurrence(year: int) -> pd.Series:
+    def occurrence(year: int) -> np.ndarray:
         leap = (year % 4 == 0 and year % 100 != 0) or year % 400 == 0
         d = np.where((month == 2) & (day == 29) & (not leap), 28, day)
-        return pd.to_datetime(pd.DataFrame({"year": year, "month": month, "day": d}))
+        return pd.to_datetime(pd.DataFrame({"year": year, "month": month, "day": d})).to_numpy()
 
-    today = pd.Timestamp(as_of)
-    this_year = occurrence(as_of.year).to_numpy()
-    next_year = occurrence(as_of.year + 1).to_numpy()
-    nxt = np.where(this_year >= today.to_datetime64(), this_year, next_year)
-    out.loc[known.index] = ((nxt - today.to_datetime64()) // np.timedelta64(1, "D")).astype("int64")
-    return out
+    today = pd.Timestamp(as_of).to_datetime64()
+    this_year, next_year = occurrence(as_of.year), occurrence(as_of.year + 1)
+    days = np.zeros(len(born), dtype="int64")
+    days[known] = (np.where(this_year >= today, this_year, next_year) - today) // np.timedelta64(1, "D")
+    return pd.Series(pd.arrays.IntegerArray(days, ~known), index=birthdays.index)
 
 
 @task(name="features", cache_policy=NO_CACHE)
