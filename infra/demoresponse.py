@@ -246,7 +246,7 @@ def respond(engine: Engine, touched: pd.DataFrame, *, seed: int, effects: Effect
     with engine.begin() as conn:
         bulk_insert(conn, orders, response.added)
         for part in chunks(response.removed):
-            conn.execute(delete(orders).where(o.order_id.in_(list(part))))
+            conn.execute(delete(orders).where(among(o.order_id, list(part))))
     return response
 
 
