@@ -299,7 +299,12 @@ def ui(args: argparse.Namespace) -> int:
 # ---- output ------------------------------------------------------------------------------------
 
 def _ui_hint(summaries: list[dict]) -> str:
-    runs = "\n".join(f"  {s['flow_run_name']}: http://127.0.0.1:4200/runs/flow-run/{s['flow_run_id']}" for s in summaries)
+    ui = "http://127.0.0.1:4200"  # where `lifecycle ui` serves the runs of the embedded default
+    if os.environ.get("PREFECT_API_URL"):  # the server the runs went to: its UI (PREFECT_UI_URL, else beside the API)
+        from prefect.settings import PREFECT_UI_URL
+
+        ui = (PREFECT_UI_URL.value() or ui).rstrip("/")
+    runs = "\n".join(f"  {s['flow_run_name']}: {ui}/runs/flow-run/{s['flow_run_id']}" for s in summaries)
     if os.environ.get("PREFECT_API_URL"):
         return "Runs in the Prefect UI:\n" + runs
     return ("To open these runs in the Prefect UI, run `lifecycle ui` (or `prefect server start`) and visit:\n" + runs)

@@ -143,3 +143,19 @@ def test_generate_train_run_rerun_from_the_command_line(tmp_path):
     assert second.returncode == 0 and "touches sent: none" in second.stdout, second.stdout + second.stderr
     assert "already sent earlier for this date (not repeated)" in second.stdout
     assert len(sms.read_text().splitlines()) == len(lines)
+
+
+def test_run_links_point_at_the_server_the_runs_went_to(monkeypatch):
+    """With PREFECT_API_URL set (a remote server, another port), the printed links open that server's
+    UI, not the embedded default's http://127.0.0.1:4200."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.commands import _ui_hint
+
+    run = {"flow_run_name": "churn_winback-2026-06-30", "flow_run_id": "0f1e"}
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert "http://127.0.0.1:4200/runs/flow-run/0f1e" in _ui_hint([run])
+    monkeypatch.setenv("PREFECT_API_URL", "http://10.1.2.3:4300/api")
+    with temporary_settings({PREFECT_API_URL: "http://10.1.2.3:4300/api"}):
+        hint = _ui_hint([run])
+    assert "churn_winback-2026-06-30: http://10.1.2.3:4300/runs/flow-run/0f1e" in hint and "4200" not in hint
