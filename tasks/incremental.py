@@ -52,6 +52,7 @@ class Mark:
     as_of: dt.date
     orders_before: int
     events_window: int
+    written: dt.datetime | None = None  # when it was kept (read back only): tells two savings apart
 
 
 def extract_incremental(engine: Engine, as_of: dt.date, *, now: dt.datetime | None = None,
@@ -78,6 +79,8 @@ def extract_incremental(engine: Engine, as_of: dt.date, *, now: dt.datetime | No
             try:
                 with engine.connect() as conn:
                     o, e = _read_state(conn)
+                    if _read_mark(conn) != mark:  # the mark and its blocks are saved together, read apart
+                        why = "another run kept a new state while this one read it"
             except Damaged as exc:
                 why = f"the kept state is damaged, {exc}"
             if why is None and counted.result() != (mark.orders_before, mark.events_window):
@@ -249,7 +252,7 @@ def _read_mark(conn: Connection) -> Mark | None:
     if row is None:
         return None
     as_of = row["as_of"] if isinstance(row["as_of"], dt.date) else dt.date.fromisoformat(str(row["as_of"]))
-    return Mark(as_of, int(row["orders_before"]), int(row["events_window"]))
+    return Mark(as_of, int(row["orders_before"]), int(row["events_window"]), row["updated_at"])
 
 
 def _read_state(conn: Connection) -> tuple[pd.DataFrame, pd.DataFrame]:

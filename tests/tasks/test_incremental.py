@@ -79,6 +79,31 @@ def test_a_damaged_state_is_recomputed_not_trusted(world):
     _same_as_full(world, raw, END)
 
 
+def test_a_state_kept_by_another_run_while_this_one_read_it_is_not_mixed_with_the_old_mark(world, monkeypatch):
+    """Two playbooks scheduled at the same time: run B reads the watermark (day S), then run A keeps the
+    state moved to S+1 (watermark and blocks in one transaction), then B reads the blocks. B must not move
+    A's S+1 blocks forward from S (every new row would count twice): it notices and recomputes."""
+    day = END - dt.timedelta(days=4)
+    extract_incremental(world, day)
+    read_blocks = incremental._read_state
+    raced = []
+
+    def a_saves_meanwhile(conn):
+        if not raced:
+            raced.append(True)
+            assert extract_incremental(world, day + dt.timedelta(days=1))[1] == "advanced"  # run A
+        return read_blocks(conn)
+
+    monkeypatch.setattr(incremental, "_read_state", a_saves_meanwhile)
+    raw, how = extract_incremental(world, day + dt.timedelta(days=2))  # run B
+    assert raced and how == "full (another run kept a new state while this one read it)"
+    _same_as_full(world, raw, day + dt.timedelta(days=2))
+    monkeypatch.setattr(incremental, "_read_state", read_blocks)
+    raw, how = extract_incremental(world, day + dt.timedelta(days=3))  # the state B kept moves on
+    assert how == "advanced"
+    _same_as_full(world, raw, day + dt.timedelta(days=3))
+
+
 def test_rows_arriving_late_make_the_next_run_recompute_everything(world):
     day = END - dt.timedelta(days=3)
     extract_incremental(world, day)
