@@ -93,10 +93,18 @@ def extract_incremental(engine: Engine, as_of: dt.date, *, now: dt.datetime | No
                 o, e, _ = _advance(pool, engine, o, e, max(mark.as_of, keep), as_of, count=False)
             customers = customers.result()
     if why is not None:
-        raw = extract_all(engine, as_of)
-        if save and (mark is None or mark.as_of <= keep):
-            _save_full(engine, raw if keep == as_of else extract_all(engine, keep), mark)
-        return raw, f"full ({why})"
+        if not save or (mark is not None and mark.as_of > keep):
+            return extract_all(engine, as_of), f"full ({why})"
+        base = extract_all(engine, keep)  # today not over (keep < as_of): aggregate once, at yesterday
+        _save_full(engine, base, mark)
+        if keep == as_of:
+            return base, f"full ({why})"
+        events_frame = base.events if base.events is not None else pd.DataFrame(columns=EVENT_COLUMNS)
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="incremental") as pool:
+            customers = pool.submit(_connected, engine, extract_customers, as_of)
+            o, e, _ = _advance(pool, engine, base.orders, events_frame, keep, as_of, count=False)
+            customers = customers.result()
+        return Extract(as_of, customers, o, e if with_events else None), f"full ({why})"
     return Extract(as_of, customers, o, e if with_events else None), "kept" if mark.as_of == as_of else "advanced"
 
 

@@ -147,9 +147,13 @@ def test_a_run_for_a_day_not_yet_over_keeps_the_state_at_the_last_complete_day(w
     _same_as_full(world, raw, END + dt.timedelta(days=1))
 
 
-def test_the_first_run_for_today_starts_the_state_at_yesterday(world):
+def test_the_first_run_for_today_starts_the_state_at_yesterday(world, monkeypatch):
+    """Aggregated once, at yesterday (kept), and moved on to today in memory: not aggregated twice."""
+    full_reads = []
+    monkeypatch.setattr(incremental, "extract_all", lambda engine, day, **kw: full_reads.append(day) or extract_all(engine, day, **kw))
     raw, how = extract_incremental(world, END, now=dt.datetime.combine(END, dt.time(10)))
     assert how == "full (no state yet)" and _mark(world) == END - dt.timedelta(days=1)
+    assert full_reads == [END - dt.timedelta(days=1)]
     _same_as_full(world, raw, END)
     raw, how = extract_incremental(world, END, now=dt.datetime.combine(END, dt.time(11)))
     assert how == "advanced"
