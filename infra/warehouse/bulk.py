@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import io
 import json
 from collections.abc import Iterator, Sequence
@@ -55,8 +56,22 @@ def _among_default(element: among, compiler, **kw) -> str:
     return compiler.process(element.column.in_(element.values), **kw)
 
 
+@functools.cache
+def _sqlite_has_json() -> bool:
+    """JSON1 is built into SQLite since 3.38 (and into most older builds); without it, plain IN lists."""
+    import sqlite3
+
+    try:
+        sqlite3.connect(":memory:").execute("SELECT value FROM json_each('[1]')").fetchall()
+    except sqlite3.OperationalError:
+        return False
+    return True
+
+
 @compiles(among, "sqlite")
 def _among_sqlite(element: among, compiler, **kw) -> str:
+    if not _sqlite_has_json():
+        return _among_default(element, compiler, **kw)
     values = bindparam(None, callable_=lambda: json.dumps(element.values, default=str), type_=String, unique=True)
     return f"{compiler.process(element.column, **kw)} IN (SELECT value FROM json_each({compiler.process(values, **kw)}))"
 

@@ -78,3 +78,18 @@ def test_among_matches_in_on_both_databases(any_url):
     assert moved == {"客户-7", "c00001"}
     assert outside == len(ids) - len(got)
     assert none == []
+
+
+def test_among_without_sqlites_json_functions_falls_back_to_an_in_list(sqlite_url, monkeypatch):
+    """An SQLite built without JSON1 still answers (with one parameter per id, as `in_` does)."""
+    from infra.warehouse import bulk
+
+    monkeypatch.setattr(bulk, "_sqlite_has_json", lambda: False)
+    engine = open_warehouse(sqlite_url, create=True)
+    upgrade(engine)
+    frame = pd.DataFrame({"customer_id": ["a", "b", "c"], "signed_up_at": pd.Timestamp("2025-01-01"), "timezone": "UTC"})
+    with engine.begin() as conn:
+        bulk_insert(conn, customers, frame)
+        stmt = select(customers.c.customer_id).where(bulk.among(customers.c.customer_id, ["c", "a", "z"]))
+        assert "json_each" not in str(stmt.compile(engine))
+        assert sorted(conn.execute(stmt).scalars()) == ["a", "c"]
