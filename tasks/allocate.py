@@ -86,7 +86,7 @@ def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str
     active = np.ones(n, dtype=bool)
     holders, blocked_on = _holders(granted), _holders(suppressed or set())
     blocked_all = _member(ids, blocked_on, (None,))
-    rival = _member(ids, {(): list(outranked_by or ())}, ())
+    rival = pd.Index(ids).isin(list(outranked_by or ()))
     for why, mask in (("global_control", guardrails.in_control_group(ids, plan, control)),
                       ("holdout", guardrails.held_out(ids, plan)), ("suppressed", blocked_all),
                       ("priority", rival), ("frequency_cap", guardrails.over_cap(recent, out.index, plan))):

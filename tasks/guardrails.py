@@ -102,14 +102,8 @@ def zone(name: str) -> dt.tzinfo:
 
 def in_quiet_hours(timezones: pd.Series, at: dt.datetime, quiet: QuietHours) -> np.ndarray:
     """True where `at` falls in the quiet window in the customer's own timezone (unknown zones: UTC)."""
-    start, end = _minutes(quiet.start), _minutes(quiet.end)
     codes, names = _zone_codes(timezones)
-    quiet_in = np.zeros(len(names), dtype=bool)
-    for k, name in enumerate(names):
-        local = at.astimezone(zone(name))
-        m = local.hour * 60 + local.minute
-        quiet_in[k] = (start <= m < end) if start < end else (m >= start or m < end)  # a window may span midnight
-    return quiet_in[codes]
+    return _quiet_in(names, at, quiet)[codes]
 
 
 def quiet_ends(timezones: pd.Series, at: dt.datetime, quiet: QuietHours) -> pd.Series:
@@ -117,8 +111,7 @@ def quiet_ends(timezones: pd.Series, at: dt.datetime, quiet: QuietHours) -> pd.S
     end_h, end_m = divmod(_minutes(quiet.end), 60)
     codes, names = _zone_codes(timezones)
     ends = np.full(len(names), np.datetime64("NaT"), dtype="datetime64[us]")
-    quiet_in = in_quiet_hours(pd.Series(names, dtype=object), at, quiet)
-    for k in np.flatnonzero(quiet_in):
+    for k in np.flatnonzero(_quiet_in(names, at, quiet)):
         tz = zone(names[k])
         local = at.astimezone(tz)
         end = local.replace(hour=end_h, minute=end_m, second=0, microsecond=0)
@@ -133,6 +126,17 @@ def _zone_codes(timezones: pd.Series) -> tuple[np.ndarray, list[str]]:
     zones to work out instead of one per customer."""
     codes, names = pd.factorize(timezones.fillna("UTC").astype(str))
     return codes, [str(n) for n in names]
+
+
+def _quiet_in(names: list[str], at: dt.datetime, quiet: QuietHours) -> np.ndarray:
+    """Per timezone name: does `at` fall in the quiet window there?"""
+    start, end = _minutes(quiet.start), _minutes(quiet.end)
+    out = np.zeros(len(names), dtype=bool)
+    for k, name in enumerate(names):
+        local = at.astimezone(zone(name))
+        m = local.hour * 60 + local.minute
+        out[k] = (start <= m < end) if start < end else (m >= start or m < end)  # a window may span midnight
+    return out
 
 
 def next_quiet_start(timezones: pd.Series, after: pd.Series, quiet: QuietHours) -> pd.Series:
