@@ -138,6 +138,7 @@ journeys = Table(
     Column("updated_at", DateTime, nullable=False),
     Index("ix_journeys_due", "playbook", "state", "next_due"),
     Index("ix_journeys_customer", "customer_id"),
+    Index("ix_journeys_entered", "playbook", "entered_on"),  # the re-entry rule's range read
 )
 
 # Every compiled plan a run used, by hash (canonical JSON), so old journeys can finish on their version.
