@@ -50,17 +50,18 @@ def admit(engine: Engine, selected: pd.DataFrame, plan: Plan, as_of: dt.date) ->
     if mode == "every_time" or selected.empty:
         return selected, 0
     j = journeys.c
-    last: dict[str, dt.date] = {}
+    kept_out: list[str] = []
     with engine.connect() as conn:
-        for part in chunks(list(selected.index)):
-            last.update(conn.execute(select(j.customer_id, func.max(j.entered_on)).where(
-                j.playbook == plan.name, among(j.customer_id, part), j.entered_on < as_of)
-                .group_by(j.customer_id)).all())
-    if mode == "once":
-        keep = ~selected.index.isin(list(last))
-    else:
-        cutoff = as_of - dt.timedelta(days=plan.reentry.days or 0)
-        keep = np.array([c not in last or last[c] <= cutoff for c in selected.index], dtype=bool)
+        if mode == "once":  # anyone who ever entered: looked up for the selected customers only
+            ids = selected.index.to_numpy(dtype=object)
+            for part in chunks(ids):
+                kept_out += conn.execute(select(j.customer_id).distinct().where(
+                    j.playbook == plan.name, among(j.customer_id, part), j.entered_on < as_of)).scalars().all()
+        else:  # those who entered in the last `days`: one range read (ix_journeys_entered)
+            cutoff = as_of - dt.timedelta(days=plan.reentry.days or 0)
+            kept_out = conn.execute(select(j.customer_id).distinct().where(
+                j.playbook == plan.name, j.entered_on > cutoff, j.entered_on < as_of)).scalars().all()
+    keep = ~selected.index.isin(kept_out)
     return selected[keep], int((~keep).sum())
 
 
@@ -120,6 +121,11 @@ def due(engine: Engine, playbook: str, as_of: dt.date) -> pd.DataFrame:
         rows = conn.execute(select(j.customer_id, j.entered_on, j.plan_hash, j.segment, j.next_step).where(
             j.playbook == playbook, j.state == "active", j.next_due <= as_of)).all()
     return pd.DataFrame(rows, columns=["customer_id", "entered_on", "plan_hash", "segment", "next_step"])
+
+
+def due_customers(engine: Engine, playbook: str, as_of: dt.date) -> pd.Index:
+    """The customers with a follow-up of this playbook due by `as_of` (their rule may read today's score)."""
+    return pd.Index(due(engine, playbook, as_of)["customer_id"].unique(), dtype=object)
 
 
 def step_plan(plan: Plan, step: FollowUpPlan) -> Plan:
