@@ -18,7 +18,7 @@ import datetime as dt
 import os
 import signal
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -46,10 +46,11 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
-def insert_absent(engine: Engine, ledger: pd.DataFrame) -> None:
-    """Insert ledger rows whose touch_key is not there yet; existing rows win (the primary key decides)."""
+def insert_absent(engine: Engine, ledger: pd.DataFrame, run: Mapping[str, object] | None = None) -> None:
+    """Insert ledger rows whose touch_key is not there yet; existing rows win (the primary key decides).
+    `run`: the columns every row of this run shares (playbook, day, plan, run id, timestamps)."""
     with engine.begin() as conn:
-        insert_ignore(conn, touches, ledger, ["touch_key"])
+        insert_ignore(conn, touches, ledger, ["touch_key"], constants=run)
 
 
 def claim(engine: Engine, keys: Sequence[str], token: str) -> set[str]:

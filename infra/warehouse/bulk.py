@@ -5,15 +5,16 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import functools
+import hashlib
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Boolean, Integer, String, Table, bindparam
+from sqlalchemy import Boolean, Integer, String, Table, bindparam, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement
@@ -44,7 +45,8 @@ class among(ColumnElement):
 
     def __init__(self, column, values) -> None:
         self.column = column
-        self.values = [v.item() if isinstance(v, np.generic) else v for v in values]
+        self.values = (values.tolist() if isinstance(values, np.ndarray)  # numpy scalars become Python values
+                       else [v.item() if isinstance(v, np.generic) else v for v in values])
 
     @property
     def _from_objects(self) -> list:  # the column's table, so a SELECT without other columns has its FROM
@@ -84,6 +86,15 @@ def _among_postgresql(element: among, compiler, **kw) -> str:
     return f"{compiler.process(element.column, **kw)} = ANY({compiler.process(values, **kw)})"
 
 
+def fetch_frame(conn: Connection, stmt, columns: Sequence[str]) -> pd.DataFrame:
+    """The statement's rows as a frame, built from the driver's own tuples: SQLAlchemy's per-row result
+    processing costs more than the query when a lookup returns hundreds of thousands of rows. Values
+    come as the driver gives them (dates are text on SQLite), so select ids, names and numbers."""
+    rows = conn.execute(stmt).cursor.fetchall()
+    return pd.DataFrame.from_records(rows, columns=list(columns), nrows=len(rows)) if rows else \
+        pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+
+
 def utcnow() -> dt.datetime:
     """Now, as the naive UTC timestamp the warehouse stores."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -109,32 +120,56 @@ def bulk_insert(conn: Connection, table: Table, frame: pd.DataFrame) -> int:
     return len(frame)
 
 
-def insert_ignore(conn: Connection, table: Table, frame: pd.DataFrame, keys: Sequence[str]) -> None:
+def insert_ignore(conn: Connection, table: Table, frame: pd.DataFrame, keys: Sequence[str],
+                  constants: Mapping[str, object] | None = None) -> None:
     """Insert the rows whose `keys` are not in the table yet; rows already there win (a concurrent writer's
-    included: the database's unique constraint decides). PostgreSQL: COPY into a temporary table, then
-    INSERT ... SELECT ... ON CONFLICT DO NOTHING; SQLite: INSERT OR IGNORE, executemany."""
+    included: the database's unique constraint decides). `constants` are columns with one value for every
+    row (a run's id, playbook, day): bound once, not once per row.
+
+    The rows go into a temporary table first (COPY on PostgreSQL, executemany on SQLite), then
+    INSERT ... SELECT ... ON CONFLICT DO NOTHING / INSERT OR IGNORE moves them in, in the database."""
     if frame.empty:
         return
     cols = [c for c in frame.columns if c in table.c]
     frame = frame[cols]
-    names = ", ".join(f'"{c}"' for c in cols)
+    fixed = {k: v for k, v in (constants or {}).items() if k in table.c and k not in cols}
+    names = ", ".join(f'"{c}"' for c in [*cols, *fixed])
+    picked = ", ".join([*(f'"{c}"' for c in cols), *(f":{_param(i)}" for i in range(len(fixed)))])
+    params = {_param(i): _bindable(v, conn.dialect.name) for i, v in enumerate(fixed.values())}
+    # one temporary table per column set: a pooled connection keeps them between calls
+    temp = f"_new_{table.name}_{hashlib.sha1('|'.join(cols).encode()).hexdigest()[:8]}"
+    source = ", ".join(f'"{c}"' for c in cols)
     if conn.dialect.name == "postgresql" and hasattr(conn.connection.driver_connection.cursor(), "copy_expert"):
-        temp = f"_new_{table.name}"
-        conn.exec_driver_sql(f'CREATE TEMPORARY TABLE IF NOT EXISTS "{temp}" (LIKE "{table.name}") ON COMMIT DELETE ROWS')
+        conn.exec_driver_sql(f'CREATE TEMPORARY TABLE IF NOT EXISTS "{temp}" ON COMMIT DELETE ROWS AS '
+                             f'SELECT {source} FROM "{table.name}" WITH NO DATA')
         for start in range(0, len(frame), CHUNK_ROWS):
             _copy_postgres(conn, table, frame.iloc[start : start + CHUNK_ROWS], into=temp)
         conflict = ", ".join(f'"{k}"' for k in keys)
-        conn.exec_driver_sql(f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM "{temp}" '
-                             f"ON CONFLICT ({conflict}) DO NOTHING")
+        conn.execute(text(f'INSERT INTO "{table.name}" ({names}) SELECT {picked} FROM "{temp}" '
+                          f"ON CONFLICT ({conflict}) DO NOTHING"), params)
         conn.exec_driver_sql(f'DELETE FROM "{temp}"')
     elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(f'CREATE TEMPORARY TABLE IF NOT EXISTS "{temp}" AS SELECT {source} FROM "{table.name}" WHERE 0')
         for start in range(0, len(frame), CHUNK_ROWS):
-            _executemany_sqlite(conn, table, frame.iloc[start : start + CHUNK_ROWS], verb="INSERT OR IGNORE")
+            _executemany_sqlite(conn, temp, frame.iloc[start : start + CHUNK_ROWS])
+        conn.execute(text(f'INSERT OR IGNORE INTO "{table.name}" ({names}) SELECT {picked} FROM "{temp}"'), params)
+        conn.exec_driver_sql(f'DELETE FROM "{temp}"')
     else:  # pragma: no cover - other backends: the generic statement, still guarded by the key
         from sqlalchemy.dialects import postgresql
 
         stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=list(keys))
-        conn.execute(stmt, frame.astype(object).where(frame.notna(), None).to_dict("records"))
+        conn.execute(stmt, frame.assign(**fixed).astype(object).where(frame.notna(), None).to_dict("records"))
+
+
+def _param(i: int) -> str:
+    return f"constant_{i}"
+
+
+def _bindable(value, dialect: str):
+    """A constant as its column would get it: dates and times as SQLite's text, numpy scalars as Python's."""
+    if dialect == "sqlite":
+        return _as_sql_text(value)
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def bulk_load(conn: Connection, table: Table, frame: pd.DataFrame) -> int:
@@ -195,10 +230,11 @@ def _sqlite_values(series: pd.Series) -> list:
     return series.to_numpy(dtype=object, na_value=None).tolist()
 
 
-def _executemany_sqlite(conn: Connection, table: Table, chunk: pd.DataFrame, verb: str = "INSERT") -> None:
+def _executemany_sqlite(conn: Connection, table: Table | str, chunk: pd.DataFrame, verb: str = "INSERT") -> None:
     columns = list(chunk.columns)
     rows = list(zip(*(_sqlite_values(chunk[c]) for c in columns)))
-    sql = f'{verb} INTO "{table.name}" ({", ".join(columns)}) VALUES ({", ".join("?" * len(columns))})'
+    name = table if isinstance(table, str) else table.name
+    sql = f'{verb} INTO "{name}" ({", ".join(columns)}) VALUES ({", ".join("?" * len(columns))})'
     conn.exec_driver_sql(sql, rows)
 
 

@@ -52,6 +52,32 @@ def test_insert_ignore_keeps_the_rows_already_there(any_url):
     assert names == {"a": "Old A", "b": "Old B", "c": "New C"}
 
 
+def test_insert_ignore_binds_shared_columns_once_and_they_read_back_typed(any_url):
+    """A run's ledger rows carry its playbook, day, times and priority as constants: stored in every row,
+    with their types (a date compares as a date, a timestamp as a timestamp), and a key already there wins."""
+    from infra.warehouse.bulk import insert_ignore
+    from infra.warehouse.schema import touches
+
+    engine = open_warehouse(any_url, create=True)
+    upgrade(engine)
+    day, now = dt.date(2026, 7, 1), dt.datetime(2026, 7, 1, 10, 0, 0, 123456)
+    run = {"run_id": "r1", "playbook": "winback", "playbook_version": "3", "plan_hash": "h", "step": "main",
+           "as_of": day, "model_version": None, "priority": 80, "created_at": now, "updated_at": now}
+    rows = pd.DataFrame({"touch_key": ["k1", "k2"], "customer_id": ["a", "b"], "status": ["planned", "dropped"],
+                         "reason": [None, "no_consent"], "tier": pd.array([0, None], dtype="Int64")})
+    with engine.begin() as conn:
+        insert_ignore(conn, touches, rows.iloc[:1], ["touch_key"], constants={**run, "run_id": "first"})
+        insert_ignore(conn, touches, rows, ["touch_key"], constants=run)
+    with engine.connect() as conn:
+        got = {r.touch_key: r for r in conn.execute(select(touches))}
+        on_day = conn.execute(select(func.count()).select_from(touches).where(
+            touches.c.as_of == day, touches.c.created_at > dt.datetime(2026, 7, 1, 9, 59))).scalar_one()
+    assert got["k1"].run_id == "first" and got["k2"].run_id == "r1"  # the row already there won
+    assert got["k2"].as_of == day and got["k2"].created_at == now and got["k2"].priority == 80
+    assert got["k2"].playbook == "winback" and got["k2"].model_version is None and got["k2"].tier is None
+    assert got["k1"].tier == 0 and on_day == 2
+
+
 def test_among_matches_in_on_both_databases(any_url):
     """`among` (one JSON parameter for a list of ids) selects, updates and negates exactly as `in_`,
     for ids with quotes, non-ASCII text and numbers-as-text, and for a list longer than a chunk."""
