@@ -18,6 +18,7 @@ tier, why the tiers before the chosen one passed a customer by ("0:capacity 1:no
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,7 @@ from sqlalchemy.engine import Engine
 from flows.plan import Plan
 from infra.settings import ControlGroup
 from tasks import guardrails
-from infra.warehouse.bulk import among, chunks, utcnow
+from infra.warehouse.bulk import among, chunks, fetch_frame, utcnow
 from infra.warehouse.schema import consents, suppressions
 from tasks.extract import day_end
 from tasks.common import IO_RETRIES
@@ -41,42 +42,85 @@ def consent_effective_at(as_of: dt.date) -> dt.datetime:
     return max(utcnow(), day_end(as_of))
 
 
-def active_consents(engine: Engine, customer_ids: list[str], pairs: set[tuple[str, str]],
-                    at: dt.datetime) -> set[tuple[str, str, str]]:
-    """(customer_id, channel, purpose) triples with a grant in force at `at`."""
+class Holders:
+    """Who holds what, for whole batches: consents by (channel, purpose), suppressions by (channel,), where
+    (None,) means every channel. `(customer_id, *key) in holders` answers for one customer."""
+
+    def __init__(self, by_key: dict[tuple, pd.Index] | None = None) -> None:
+        self.by_key = by_key or {}
+
+    @classmethod
+    def of(cls, rows: Holders | set[tuple] | None) -> Holders:
+        """From (customer_id, *key) tuples (tests, one customer), or as they are."""
+        if isinstance(rows, Holders):
+            return rows
+        grouped: dict[tuple, list] = {}
+        for cid, *rest in rows or ():
+            grouped.setdefault(tuple(rest), []).append(cid)
+        return cls({k: pd.Index(v) for k, v in grouped.items()})
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, keys: list[str]) -> Holders:
+        """From a frame of customer_id and the key columns (missing values as None)."""
+        groups = frame.groupby(keys, dropna=False, sort=False).indices if len(frame) else {}
+        ids = frame["customer_id"].to_numpy(dtype=object)
+        return cls({tuple(None if pd.isna(v) else v for v in (k if isinstance(k, tuple) else (k,))): pd.Index(ids[rows])
+                    for k, rows in groups.items()})
+
+    def member(self, ids: np.ndarray, key: tuple) -> np.ndarray:
+        """Which of `ids` hold `key` (one hash lookup per customer, not a Python loop)."""
+        held = self.by_key.get(key)
+        if held is None or not len(held):
+            return np.zeros(len(ids), dtype=bool)
+        return pd.Index(ids).isin(held)
+
+    def __contains__(self, item: tuple) -> bool:
+        held = self.by_key.get(tuple(item[1:]))
+        return held is not None and item[0] in held
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_key.values())
+
+
+def active_consents(engine: Engine, customer_ids: Sequence[str], pairs: set[tuple[str, str]],
+                    at: dt.datetime) -> Holders:
+    """Who has a grant in force at `at`, by (channel, purpose)."""
     t = consents.c
-    found: set[tuple[str, str, str]] = set()
     channels = sorted({c for c, _ in pairs})
     purposes = sorted({p for _, p in pairs})
+    cols = ["customer_id", "channel", "purpose"]
+    parts = []
     with engine.connect() as conn:
         for ids in chunks(customer_ids):
             stmt = select(t.customer_id, t.channel, t.purpose).where(
                 among(t.customer_id, ids), t.channel.in_(channels), t.purpose.in_(purposes),
                 t.granted_at <= at, or_(t.withdrawn_at.is_(None), t.withdrawn_at > at),
             )
-            found.update(map(tuple, conn.execute(stmt).all()))
-    return found
+            parts.append(fetch_frame(conn, stmt, cols))
+    found = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+    return Holders.from_frame(found, ["channel", "purpose"])
 
 
-def suppressed_for(engine: Engine, customer_ids: list[str]) -> set[tuple[str, str | None]]:
-    """(customer_id, consent channel) pairs on the suppression list; channel None means every channel."""
+def suppressed_for(engine: Engine, customer_ids: Sequence[str]) -> Holders:
+    """Who is on the suppression list, by consent channel; (None,) means every channel."""
     t = suppressions.c
-    found: set[tuple[str, str | None]] = set()
+    parts = []
     with engine.connect() as conn:
         for ids in chunks(customer_ids):
-            stmt = select(t.customer_id, t.channel).where(among(t.customer_id, ids))
-            found.update(map(tuple, conn.execute(stmt).all()))
-    return found
+            parts.append(fetch_frame(conn, select(t.customer_id, t.channel).where(among(t.customer_id, ids)),
+                                     ["customer_id", "channel"]))
+    found = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["customer_id", "channel"])
+    return Holders.from_frame(found, ["channel"])
 
 
-def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str, str]], *,
+def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: Holders | set[tuple[str, str, str]], *,
                  recent: pd.Series | None = None, send_at: dt.datetime | None = None,
-                 suppressed: set[tuple[str, str | None]] | None = None,
+                 suppressed: Holders | set[tuple[str, str | None]] | None = None,
                  outranked_by: set[str] | None = None, control: ControlGroup | None = None) -> pd.DataFrame:
     """Columns tier (0-based, -1 when none), channel, variant, cost, deferred and reason, per customer."""
     out = selected.copy()
     n = len(out)
-    ids = out.index.to_numpy()
+    ids = out.index.to_numpy(dtype=object)
     tier = np.full(n, -1)
     channel = np.full(n, None, dtype=object)
     variant = np.full(n, None, dtype=object)
@@ -84,8 +128,8 @@ def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str
     reason = np.full(n, "no_consent", dtype=object)  # why a customer got no tier, if none
     skipped = np.full(n, "", dtype=object)  # "0:capacity 1:no_consent": why each earlier tier passed them by
     active = np.ones(n, dtype=bool)
-    holders, blocked_on = _holders(granted), _holders(suppressed or set())
-    blocked_all = _member(ids, blocked_on, (None,))
+    holders, blocked_on = Holders.of(granted), Holders.of(suppressed)
+    blocked_all = blocked_on.member(ids, (None,))
     rival = pd.Index(ids).isin(list(outranked_by or ()))
     for why, mask in (("global_control", guardrails.in_control_group(ids, plan, control)),
                       ("holdout", guardrails.held_out(ids, plan)), ("suppressed", blocked_all),
@@ -114,8 +158,8 @@ def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str
             open_ = np.flatnonzero(in_seg & (tier == -1))
             if not len(open_):
                 break
-            ok = _member(ids[open_], holders, (t.consent_channel, t.purpose))
-            blocked = _member(ids[open_], blocked_on, (t.consent_channel,))
+            ok = holders.member(ids[open_], (t.consent_channel, t.purpose))
+            blocked = blocked_on.member(ids[open_], (t.consent_channel,))
             why = np.full(n, None, dtype=object)  # why this tier passed each customer by, for the trace
             why[open_] = "no_consent"
             why[open_[ok & blocked]] = "suppressed"
@@ -154,30 +198,13 @@ def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: set[tuple[str, str
     return out.join(would)
 
 
-def _holders(pairs: set[tuple]) -> dict[tuple, list]:
-    """(customer_id, *rest) tuples as rest -> the customers holding it: a consent's (channel, purpose),
-    a suppression's (channel,)."""
-    out: dict[tuple, list] = {}
-    for cid, *rest in pairs:
-        out.setdefault(tuple(rest), []).append(cid)
-    return out
-
-
-def _member(ids: np.ndarray, holders: dict[tuple, list], key: tuple) -> np.ndarray:
-    """Which of `ids` hold `key` (one hash lookup per customer, not a Python loop)."""
-    held = holders.get(key)
-    if not held:
-        return np.zeros(len(ids), dtype=bool)
-    return pd.Index(ids).isin(held)
-
-
-def _would_be_tiers(out: pd.DataFrame, plan: Plan, holders: dict, blocked_on: dict, held: np.ndarray,
+def _would_be_tiers(out: pd.DataFrame, plan: Plan, holders: Holders, blocked_on: Holders, held: np.ndarray,
                     rank: np.ndarray, cutoff: dict[tuple[str, int], float]) -> pd.DataFrame:
     """The tier, channel and variant each held-out customer would have got: the first tier they consented
     to whose capacity and budget would have reached them (their churn-score rank within the rank the
     treated customers reached there). The control group then matches each tier like for like."""
     n = len(out)
-    ids = out.index.to_numpy()
+    ids = out.index.to_numpy(dtype=object)
     tier = np.full(n, -1)
     channel = np.full(n, None, dtype=object)
     variant = np.full(n, None, dtype=object)
@@ -187,8 +214,8 @@ def _would_be_tiers(out: pd.DataFrame, plan: Plan, holders: dict, blocked_on: di
             open_ = np.flatnonzero(held & (segments == seg.name) & (tier == -1))
             if not len(open_):
                 break
-            ok = (_member(ids[open_], holders, (t.consent_channel, t.purpose))
-                  & ~_member(ids[open_], blocked_on, (t.consent_channel,)))
+            ok = (holders.member(ids[open_], (t.consent_channel, t.purpose))
+                  & ~blocked_on.member(ids[open_], (t.consent_channel,)))
             take = open_[ok & (rank[open_] <= cutoff.get((seg.name, i), np.inf))]
             tier[take], channel[take] = i, t.channel
             variant[take] = guardrails.pick_variants(ids[take], plan, f"{seg.name}/{i}", t.variants)
@@ -198,17 +225,18 @@ def _would_be_tiers(out: pd.DataFrame, plan: Plan, holders: dict, blocked_on: di
 def allocate_frame(selected: pd.DataFrame, plan: Plan, as_of: dt.date, engine: Engine, *,
                    control: ControlGroup | None = None) -> pd.DataFrame:
     """Read consents and recent sends for the selected customers, then choose their tiers."""
-    ids = list(selected.index)
+    ids = selected.index.to_numpy(dtype=object)
     pairs = {(t.consent_channel, t.purpose) for s in plan.segments for t in s.tiers}
-    granted = active_consents(engine, ids, pairs, consent_effective_at(as_of)) if ids else set()
+    granted = active_consents(engine, ids, pairs, consent_effective_at(as_of)) if len(ids) else Holders()
     recent = guardrails.recent_sends(engine, ids, plan, as_of)
-    blocked = suppressed_for(engine, ids) if ids else set()
+    blocked = suppressed_for(engine, ids) if len(ids) else Holders()
     keep_off, take_over = guardrails.outranked(guardrails.same_day_rivals(engine, ids, plan, as_of), plan) \
-        if ids else (set(), {})
+        if len(ids) else (set(), {})
     out = choose_tiers(selected, plan, granted, recent=recent, send_at=guardrails.send_instant(plan, as_of, utcnow().replace(tzinfo=dt.UTC)),
                        suppressed=blocked, outranked_by=keep_off, control=control)
     # lower-priority touches of other playbooks that dispatch cancels before sending ours
-    out["takes_over"] = pd.Series([take_over.get(c) for c in out.index], index=out.index, dtype=object)
+    out["takes_over"] = pd.Series(take_over, dtype=object).reindex(out.index) if take_over else \
+        pd.Series(None, index=out.index, dtype=object)
     return out
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from flows.plan import Plan, QuietHours, VariantPlan
 from infra.settings import ControlGroup
-from infra.warehouse.bulk import among, chunks
+from infra.warehouse.bulk import among, chunks, fetch_frame
 from infra.warehouse.schema import touches
 
 DEFAULT_SEND_TIME = dt.time(10, 0)  # UTC, for playbooks without a schedule
@@ -28,9 +28,10 @@ SAME_DAY_HOURS = 18  # a run this close to its scheduled instant acts today, not
 
 def buckets(ids: Sequence[str], *parts: str) -> np.ndarray:
     """A stable number in [0, 100) per customer for the salt `parts`: same inputs, same bucket."""
-    prefix = "|".join(parts) + "|"
-    return np.fromiter((int.from_bytes(hashlib.sha256((prefix + str(c)).encode()).digest()[:8], "big") % 10_000 / 100
-                        for c in ids), dtype=float, count=len(ids))
+    prefix = ("|".join(parts) + "|").encode()
+    sha = hashlib.sha256
+    heads = b"".join([sha(prefix + str(c).encode()).digest()[:8] for c in np.asarray(ids, dtype=object).tolist()])
+    return (np.frombuffer(heads, dtype=">u8") % 10_000) / 100  # the digest's first 8 bytes, big-endian
 
 
 def held_out(ids: Sequence[str], plan: Plan) -> np.ndarray:
@@ -171,7 +172,7 @@ def over_cap(recent: pd.Series | None, ids: pd.Index, plan: Plan) -> np.ndarray:
     return recent.reindex(ids).fillna(0).to_numpy() >= cap.max
 
 
-def sent_counts(engine: Engine, ids: list[str], since: dt.date, until: dt.date,
+def sent_counts(engine: Engine, ids: Sequence[str], since: dt.date, until: dt.date,
                 exclude: tuple[str, dt.date] | None = None) -> pd.Series:
     """Sent touches per customer with as-of day in [since, until], any playbook; `exclude` = (playbook,
     as-of) leaves one run's own touches out."""
@@ -179,18 +180,20 @@ def sent_counts(engine: Engine, ids: list[str], since: dt.date, until: dt.date,
     where = [t.status == "sent", t.as_of >= since, t.as_of <= until]
     if exclude is not None:
         where.append(not_(and_(t.playbook == exclude[0], t.as_of == exclude[1])))
-    counts: dict[str, int] = {}
+    parts = []
     with engine.connect() as conn:
         for part in chunks(ids):
             stmt = select(t.customer_id, func.count()).where(among(t.customer_id, part), *where).group_by(t.customer_id)
-            counts.update({c: int(n) for c, n in conn.execute(stmt)})
-    return pd.Series(counts, dtype="int64")
+            parts.append(fetch_frame(conn, stmt, ["customer_id", "n"]))
+    found = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["customer_id", "n"])
+    return pd.Series(found["n"].to_numpy(dtype="int64"), index=pd.Index(found["customer_id"].to_numpy(dtype=object)),
+                     dtype="int64")
 
 
-def recent_sends(engine: Engine, ids: list[str], plan: Plan, as_of: dt.date) -> pd.Series:
+def recent_sends(engine: Engine, ids: Sequence[str], plan: Plan, as_of: dt.date) -> pd.Series:
     """Sent touches per customer in the cap window up to the as-of day, any playbook (this run excluded)."""
     cap = plan.guardrails.frequency_cap
-    if cap is None or not ids:
+    if cap is None or not len(ids):
         return pd.Series(dtype="int64")
     return sent_counts(engine, ids, as_of - dt.timedelta(days=cap.days - 1), as_of, exclude=(plan.name, as_of))
 
@@ -198,7 +201,7 @@ def recent_sends(engine: Engine, ids: list[str], plan: Plan, as_of: dt.date) -> 
 RIVAL_STATUSES = ("planned", "deferred", "sent")
 
 
-def same_day_rivals(engine: Engine, ids: list[str], plan: Plan, as_of: dt.date) -> pd.DataFrame:
+def same_day_rivals(engine: Engine, ids: Sequence[str], plan: Plan, as_of: dt.date) -> pd.DataFrame:
     """Other playbooks' touches for these customers on the same day that are planned, deferred or sent."""
     t = touches.c
     cols = ["customer_id", "touch_key", "status", "priority", "claimed_by"]
