@@ -364,6 +364,6 @@ def extract(engine: Engine, as_of: dt.date, incremental: bool | None = None, kee
 
     from tasks.incremental import extract_incremental
 
-    raw, how = extract_incremental(engine, as_of, save=keep_state)
+    raw, how = extract_incremental(engine, as_of, save=keep_state, background=True)  # the flow waits for it
     get_run_logger().info("aggregates as of %s from the incremental feature state: %s", as_of, how)
     return raw

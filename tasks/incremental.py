@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import logging
 import zipfile
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,7 @@ from infra.warehouse.schema import events, feature_blocks, feature_watermark, or
 from tasks.extract import (DAY_NS, ENGAGEMENT_TYPES, EVENT_COLUMNS, EVENT_SCAN_DAYS, ORDER_COLUMNS, Extract,
                            _frame, _stamp, day_end, extract_all, extract_customers, has_events)
 
+log = logging.getLogger("lifecycle.incremental")
 NAME = "features"
 # (a, b): the window [end - a days, end - b days) of each windowed aggregate
 ORDER_WINDOWS = {"30d": (30, 0), "90d": (90, 0), "prev_90d": (180, 90), "180d": (180, 0), "365d": (365, 0)}
@@ -56,10 +58,12 @@ class Mark:
 
 
 def extract_incremental(engine: Engine, as_of: dt.date, *, now: dt.datetime | None = None,
-                        save: bool = True) -> tuple[Extract, str]:
+                        save: bool = True, background: bool = False) -> tuple[Extract, str]:
     """The same Extract as `extract_all(engine, as_of)`, from the kept state when it can be moved
     forward; and how it was made: "kept" (state already at as_of), "advanced", or "full" (why).
-    `save=False` (dry runs) uses the kept state but never writes it.
+    `save=False` (dry runs) uses the kept state but never writes it. `background=True` writes a moved
+    state on a thread of its own while the run goes on (a flow waits for it with `wait_saved`); the
+    next read of the state in this process waits for it too.
 
     The state is kept only at days that have ended (by `now`, UTC): a run for today (a deployment's
     default, a triggered run) moves it to yesterday, keeps that, and moves a copy on to today in
@@ -68,6 +72,7 @@ def extract_incremental(engine: Engine, as_of: dt.date, *, now: dt.datetime | No
     event changes), so the database works while Python unpacks the state.
     """
     keep = min(as_of, last_complete_day(now))
+    wait_saved()  # this process's own state first: never read a state it is still writing
     with engine.connect() as conn:
         mark = _read_mark(conn)
         with_events = has_events(conn)
@@ -86,11 +91,15 @@ def extract_incremental(engine: Engine, as_of: dt.date, *, now: dt.datetime | No
             if why is None and counted.result() != (mark.orders_before, mark.events_window):
                 why = "rows arrived late"
             if why is None and mark.as_of < keep:
-                o, e, counts = _advance(pool, engine, o, e, mark.as_of, keep)
+                o, e, counts = _advance(pool, engine, o, e, mark.as_of, keep,
+                                        base=(mark.orders_before, mark.events_window))
                 if save:
-                    _save_moved(engine, o, e, mark, Mark(keep, *counts))
+                    if background:
+                        _keep_later(_save_moved, engine, o, e, mark, Mark(keep, *counts))
+                    else:
+                        _save_moved(engine, o, e, mark, Mark(keep, *counts))
             if why is None and max(mark.as_of, keep) < as_of:
-                o, e, _ = _advance(pool, engine, o, e, max(mark.as_of, keep), as_of, count=False)
+                o, e, _ = _advance(pool, engine, o, e, max(mark.as_of, keep), as_of)
             customers = customers.result()
     if why is not None:
         if not save or (mark is not None and mark.as_of > keep):
@@ -102,10 +111,32 @@ def extract_incremental(engine: Engine, as_of: dt.date, *, now: dt.datetime | No
         events_frame = base.events if base.events is not None else pd.DataFrame(columns=EVENT_COLUMNS)
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="incremental") as pool:
             customers = pool.submit(_connected, engine, extract_customers, as_of)
-            o, e, _ = _advance(pool, engine, base.orders, events_frame, keep, as_of, count=False)
+            o, e, _ = _advance(pool, engine, base.orders, events_frame, keep, as_of)
             customers = customers.result()
         return Extract(as_of, customers, o, e if with_events else None), f"full ({why})"
     return Extract(as_of, customers, o, e if with_events else None), "kept" if mark.as_of == as_of else "advanced"
+
+
+_saving: list[Future] = []  # states this process is writing in the background
+
+
+def _keep_later(save, *args) -> None:
+    """Write the state on a thread while the run goes on: packing and writing a million customers'
+    blocks takes over a second, and nothing in the run needs them back."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keep-state")
+    _saving.append(pool.submit(save, *args))
+    pool.shutdown(wait=False)  # the thread ends with the save; the interpreter waits for it at exit
+
+
+def wait_saved() -> None:
+    """Wait for this process's background saves. A failed save loses nothing: the state is a cache, and
+    the next run, finding the old watermark, recomputes or moves it on again."""
+    while _saving:
+        try:
+            _saving.pop(0).result()
+        except Exception:  # noqa: BLE001 - logged; the run's results do not depend on the cache
+            log.warning("the incremental feature state could not be kept; the next run recomputes it",
+                        exc_info=True)
 
 
 def last_complete_day(now: dt.datetime | None = None) -> dt.date:
@@ -115,13 +146,14 @@ def last_complete_day(now: dt.datetime | None = None) -> dt.date:
 
 
 def _advance(pool: ThreadPoolExecutor, engine: Engine, o: pd.DataFrame, e: pd.DataFrame, start: dt.date,
-             end: dt.date, *, count: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, tuple[int, int] | None]:
-    """Order and event aggregates moved from `start` to `end` (both read at once), and the watermark's
-    counts at `end` when the state will be kept there (`count`)."""
+             end: dt.date, *, base: tuple[int, int] | None = None
+             ) -> tuple[pd.DataFrame, pd.DataFrame, tuple[int, int] | None]:
+    """Order and event aggregates moved from `start` to `end` (both read at once), and, when the state
+    will be kept at `end`, the watermark's counts there from those at `start` (`base`)."""
     e0, e1 = day_end(start), day_end(end)
     moved_orders = pool.submit(_connected, engine, _advance_orders, o, e0, e1)
     moved_events = pool.submit(_connected, engine, _advance_events, e, e0, e1)
-    counts = _connected(engine, _counts, e1) if count else None
+    counts = _connected(engine, _moved_counts, base, e0, e1) if base is not None else None
     return moved_orders.result(), moved_events.result(), counts
 
 
@@ -253,6 +285,20 @@ def _counts(conn: Connection, end: dt.datetime) -> tuple[int, int]:
     n_events = conn.execute(select(func.count()).select_from(events).where(
         events.c.occurred_at >= end - dt.timedelta(days=EVENT_SCAN_DAYS), events.c.occurred_at < end)).scalar_one()
     return int(n_orders), int(n_events)
+
+
+def _moved_counts(conn: Connection, base: tuple[int, int], e0: dt.datetime, e1: dt.datetime) -> tuple[int, int]:
+    """`_counts` at e1 from its value at e0 (just checked): plus the rows dated in [e0, e1), minus the
+    events that left the 180-day window. Three narrow index ranges instead of two whole-table counts,
+    and exactly the rows the moved state took in, even if a late row lands meanwhile (the next run's
+    check then sees it)."""
+    def between(table, column, lo: dt.datetime, hi: dt.datetime) -> int:
+        return int(conn.execute(select(func.count()).select_from(table).where(column >= lo, column < hi)).scalar_one())
+
+    window = dt.timedelta(days=EVENT_SCAN_DAYS)
+    return (base[0] + between(orders, orders.c.ordered_at, e0, e1),
+            base[1] + between(events, events.c.occurred_at, e0, e1)
+            - between(events, events.c.occurred_at, e0 - window, e1 - window))
 
 
 def _read_mark(conn: Connection) -> Mark | None:

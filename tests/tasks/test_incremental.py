@@ -170,3 +170,41 @@ def test_a_dry_run_reads_the_kept_state_but_never_writes_it(world):
     raw, how = extract_incremental(world, END, save=False)
     assert how == "advanced" and _mark(world) == END - dt.timedelta(days=2)
     _same_as_full(world, raw, END)
+
+
+def test_a_state_kept_in_the_background_is_complete_before_the_next_read(world, monkeypatch):
+    """The flow's extract keeps the moved state on a thread while the run goes on: a second playbook in
+    the same process waits for it, so it finds the state already at the day instead of racing it."""
+    extract_incremental(world, END - dt.timedelta(days=1))
+    write = incremental._write_state
+    started = []
+
+    def slow_write(conn, o, e):
+        started.append(True)
+        import time
+        time.sleep(0.5)
+        write(conn, o, e)
+
+    monkeypatch.setattr(incremental, "_write_state", slow_write)
+    raw, how = extract_incremental(world, END, background=True)
+    assert how == "advanced"
+    raw, how = extract_incremental(world, END)  # waits for the save above, then reads it
+    assert started and how == "kept" and _mark(world) == END
+    _same_as_full(world, raw, END)
+
+
+def test_a_background_save_that_fails_leaves_the_old_state_and_the_next_run_moves_it_on(world, monkeypatch, caplog):
+    extract_incremental(world, END - dt.timedelta(days=2))
+
+    def broken(conn, o, e):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(incremental, "_write_state", broken)
+    raw, how = extract_incremental(world, END - dt.timedelta(days=1), background=True)
+    assert how == "advanced"
+    incremental.wait_saved()
+    assert "could not be kept" in caplog.text and _mark(world) == END - dt.timedelta(days=2)
+    monkeypatch.undo()
+    raw, how = extract_incremental(world, END)
+    assert how == "advanced"
+    _same_as_full(world, raw, END)
