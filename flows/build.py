@@ -31,13 +31,15 @@ from tasks.common import warehouse
 from tasks.deferred import deliver_due
 from tasks.dispatch import DispatchResult, dispatch
 from tasks.events import triggered
-from tasks.followups import admit_entries, enter_journeys, follow_ups
+from tasks.followups import enter_journeys, follow_ups
 from tasks.guardrails import is_live
 from tasks.measure import fees_of, measure_task
 from tasks.extract import extract
 from tasks.features import features
-from tasks.score import drift, reasons, score
-from tasks.segment import segment
+from tasks.incremental import wait_saved
+from tasks.journeys import due_customers
+from tasks.score import drift, drift_sample, reasons, score, to_score
+from tasks.segment import admit_entries, segment
 from tasks.uplift import for_plan, uplift_scores
 
 
@@ -70,8 +72,11 @@ def playbook_flow(playbook: str, as_of: str | None = None, dry_run: bool = False
     lifecycle.yaml's `execution:`) partition the per-customer steps on Dask (flows/sharded.py).
     """
     config = load_config()
-    with partitioned(resolve(config.execution, shards, dask)) as parts:
-        return _playbook_run(config, parts, playbook, as_of, dry_run, window_start, window_end)
+    try:
+        with partitioned(resolve(config.execution, shards, dask)) as parts:
+            return _playbook_run(config, parts, playbook, as_of, dry_run, window_start, window_end)
+    finally:
+        wait_saved()  # the feature state the extract keeps in the background, before the run ends
 
 
 def _playbook_run(config: ProjectConfig, parts: Shards | None, playbook: str, as_of: str | None, dry_run: bool,
@@ -84,18 +89,22 @@ def _playbook_run(config: ProjectConfig, parts: Shards | None, playbook: str, as
     if parts is None:
         raw = extract(engine, day, keep_state=not dry_run)  # a dry run writes nothing, not even the state
         feats = features(raw)
-        scored = score(feats, model)
+        # who may enter today (audience, re-entry rule) before anyone is scored: only they, the follow-ups
+        # due and the drift check's sample are
+        entering, entry = admit_entries(engine, feats, plan, day)
+        scored = score(to_score(feats, entering.index, due_customers(engine, plan.name, day)), model)
     else:  # per shard on the Dask cluster, back in customer-id order
         scored = parts.score(engine, day, model)
+        entering, entry = admit_entries(engine, scored, plan, day)
     uplift_model = for_plan(engine, plan)  # only when a rule uses uplift_score
     if uplift_model is not None:
         scored = uplift_scores(scored, uplift_model)
     # "warn" (default) or "stop" when a score or key feature drifted far (PSI > 0.25) from training
-    drift(scored, model, policy=getattr(plan, "drift_policy", "warn"), playbook=plan.name)
-    selected, counts = segment(scored, plan, day)
+    drift(scored.loc[drift_sample(scored)], model, policy=getattr(plan, "drift_policy", "warn"), playbook=plan.name,
+          customers=entry["customers"])
+    selected, counts = segment(scored.loc[entering.index], plan, day, entry)
     if window_start and window_end and plan.trigger:
         selected, counts = triggered(engine, selected, counts, plan, window_start, window_end)
-    selected, counts["not_reentered"] = admit_entries(engine, selected, plan, day)  # the re-entry rule
     version = model.version if model else None
     steps = Steps(plan.name, day)
     # Independent branches: a failed step skips what depends on it, not the rest; the run then fails

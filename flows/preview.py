@@ -1,8 +1,8 @@
 """`lifecycle plan`: what a playbook would do today, against the real warehouse, sending and writing nothing.
 
 It calls the flow's plain step functions directly (no Prefect run, no ledger rows, no outbox), so the
-preview and the real run decide with the same code: extract -> features -> score -> segment ->
-allocate (guardrails included) -> render.
+preview and the real run decide with the same code: extract -> features -> entry (audience, re-entry)
+-> score -> segment -> allocate (guardrails included) -> render.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from infra.warehouse.bulk import utcnow
 from tasks.guardrails import send_instant
 from tasks.score import add_reasons, score_frame
 from tasks.uplift import add_uplift, for_plan
-from tasks.segment import assign_segments
+from tasks.segment import assign_segments, entrants
 
 SAMPLES = 3  # rendered messages per tier
 
@@ -38,11 +38,14 @@ def preview(plan: Plan, engine: Engine, as_of: dt.date, model: Any = None, *, co
 
     `control` is the project's global control group (lifecycle.yaml), held out as the real run would.
     """
-    scored = score_frame(build_features(extract_all(engine, as_of)), model)
+    feats = build_features(extract_all(engine, as_of))
+    entering, entry = entrants(engine, feats, plan, as_of)  # the audience and the re-entry rule, as a run
+    scored = score_frame(entering, model)
     uplift_model = for_plan(engine, plan)
     if uplift_model is not None:
         scored = add_uplift(scored, uplift_model)
     selected, counts = assign_segments(scored, plan, as_of)
+    counts.update(entry)
     allocated = allocate_frame(selected, plan, as_of, engine, control=control)
     allocated["touch_key"] = touch_keys(plan, allocated.index, as_of)
     allocated["status"] = ledger_status(allocated)

@@ -92,11 +92,6 @@ def _select(scored: pd.DataFrame, ready: pd.DataFrame, step, engine: Engine, as_
     return pd.concat(frames) if frames else scored.iloc[0:0]
 
 
-@task(name="re-entry", cache_policy=NO_CACHE, **IO_RETRIES)
-def admit_entries(engine: Engine, selected: pd.DataFrame, plan: Plan, as_of: dt.date) -> tuple[pd.DataFrame, int]:
-    return journeys.admit(engine, selected, plan, as_of)
-
-
 @task(name="enter journeys", cache_policy=NO_CACHE, **IO_RETRIES)
 def enter_journeys(engine: Engine, plan: Plan, as_of: dt.date) -> int:
     return journeys.enter(engine, plan, as_of)
