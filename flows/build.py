@@ -92,17 +92,20 @@ def _playbook_run(config: ProjectConfig, parts: Shards | None, playbook: str, as
         # who may enter today (audience, re-entry rule) before anyone is scored: only they, the follow-ups
         # due and the drift check's sample are
         entering, entry = admit_entries(engine, feats, plan, day)
-        scored = score(to_score(feats, entering.index, due_customers(engine, plan.name, day)), model)
+        keep = to_score(feats, entering, due_customers(engine, plan.name, day))
+        scored = score(feats[keep], model)
+        entering, sample = entering[keep], drift_sample(feats)[keep]
     else:  # per shard on the Dask cluster, back in customer-id order
         scored = parts.score(engine, day, model)
         entering, entry = admit_entries(engine, scored, plan, day)
+        sample = drift_sample(scored)
     uplift_model = for_plan(engine, plan)  # only when a rule uses uplift_score
     if uplift_model is not None:
         scored = uplift_scores(scored, uplift_model)
     # "warn" (default) or "stop" when a score or key feature drifted far (PSI > 0.25) from training
-    drift(scored.loc[drift_sample(scored)], model, policy=getattr(plan, "drift_policy", "warn"), playbook=plan.name,
+    drift(scored[sample], model, policy=getattr(plan, "drift_policy", "warn"), playbook=plan.name,
           customers=entry["customers"])
-    selected, counts = segment(scored.loc[entering.index], plan, day, entry)
+    selected, counts = segment(scored[entering], plan, day, entry)
     if window_start and window_end and plan.trigger:
         selected, counts = triggered(engine, selected, counts, plan, window_start, window_end)
     version = model.version if model else None

@@ -40,7 +40,7 @@ def preview(plan: Plan, engine: Engine, as_of: dt.date, model: Any = None, *, co
     """
     feats = build_features(extract_all(engine, as_of))
     entering, entry = entrants(engine, feats, plan, as_of)  # the audience and the re-entry rule, as a run
-    scored = score_frame(entering, model)
+    scored = score_frame(feats[entering], model)
     uplift_model = for_plan(engine, plan)
     if uplift_model is not None:
         scored = add_uplift(scored, uplift_model)

@@ -24,7 +24,7 @@ from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.engine import Engine
 
 from flows.plan import FollowUpPlan, Plan, SegmentPlan
-from infra.warehouse.bulk import among, chunks, insert_ignore, utcnow
+from infra.warehouse.bulk import among, chunks, fetch_frame, insert_ignore, utcnow
 from infra.warehouse.schema import events, journeys, orders, plans, touches
 
 ENTERED = ("planned", "sent", "deferred", "held_out")
@@ -46,23 +46,28 @@ def load_plan(engine: Engine, plan_hash: str) -> Plan | None:
 
 def admit(engine: Engine, selected: pd.DataFrame, plan: Plan, as_of: dt.date) -> tuple[pd.DataFrame, int]:
     """The selected customers the re-entry rule lets in today, and how many it kept out."""
+    out = kept_out(engine, selected.index, plan, as_of)
+    return selected[~out], int(out.sum())
+
+
+def kept_out(engine: Engine, ids: pd.Index, plan: Plan, as_of: dt.date) -> np.ndarray:
+    """Which of `ids` the re-entry rule keeps out today (a mask)."""
     mode = plan.reentry.mode
-    if mode == "every_time" or selected.empty:
-        return selected, 0
+    if mode == "every_time" or not len(ids):
+        return np.zeros(len(ids), dtype=bool)
     j = journeys.c
-    kept_out: list[str] = []
+    found = []
     with engine.connect() as conn:
-        if mode == "once":  # anyone who ever entered: looked up for the selected customers only
-            ids = selected.index.to_numpy(dtype=object)
-            for part in chunks(ids):
-                kept_out += conn.execute(select(j.customer_id).distinct().where(
-                    j.playbook == plan.name, among(j.customer_id, part), j.entered_on < as_of)).scalars().all()
+        if mode == "once":  # anyone who ever entered: looked up for these customers only
+            for part in chunks(ids.to_numpy(dtype=object)):
+                found.append(fetch_frame(conn, select(j.customer_id).distinct().where(
+                    j.playbook == plan.name, among(j.customer_id, part), j.entered_on < as_of), ["customer_id"]))
         else:  # those who entered in the last `days`: one range read (ix_journeys_entered)
             cutoff = as_of - dt.timedelta(days=plan.reentry.days or 0)
-            kept_out = conn.execute(select(j.customer_id).distinct().where(
-                j.playbook == plan.name, j.entered_on > cutoff, j.entered_on < as_of)).scalars().all()
-    keep = ~selected.index.isin(kept_out)
-    return selected[keep], int((~keep).sum())
+            found.append(fetch_frame(conn, select(j.customer_id).distinct().where(
+                j.playbook == plan.name, j.entered_on > cutoff, j.entered_on < as_of), ["customer_id"]))
+    entered = pd.concat(found, ignore_index=True)["customer_id"] if found else pd.Series(dtype=object)
+    return ids.isin(entered.to_numpy(dtype=object))
 
 
 def enter(engine: Engine, plan: Plan, as_of: dt.date) -> int:

@@ -33,19 +33,22 @@ def reads_model(tree: dict[str, Any] | None) -> bool:
 def in_audience(frame: pd.DataFrame, plan: Plan, as_of: dt.date) -> np.ndarray:
     if plan.audience is None:
         return np.ones(len(frame), dtype=bool)
-    return evaluate(plan.audience, frame, as_of=as_of).to_numpy(dtype=bool)
+    return evaluate(plan.audience, frame, as_of=as_of).to_numpy(dtype=bool, copy=True)
 
 
-def entrants(engine: Engine, frame: pd.DataFrame, plan: Plan, as_of: dt.date) -> tuple[pd.DataFrame, dict]:
-    """The customers who may enter today: the audience rule (unless it reads a score: then segmenting
-    applies it), then the re-entry rule. Counts: customers, audience (before re-entry) and not_reentered."""
+def entrants(engine: Engine, frame: pd.DataFrame, plan: Plan, as_of: dt.date) -> tuple[np.ndarray, dict]:
+    """Which rows of `frame` may enter today (a mask): the audience rule (unless it reads a score: then
+    segmenting applies it), then the re-entry rule. Counts: customers, audience (before re-entry) and
+    not_reentered."""
     early = not reads_model(plan.audience)
-    audience = frame[in_audience(frame, plan, as_of)] if early else frame
-    admitted, kept_out = journeys.admit(engine, audience, plan, as_of)
-    counts = {"customers": int(len(frame)), "not_reentered": kept_out}
+    mask = in_audience(frame, plan, as_of) if early else np.ones(len(frame), dtype=bool)
+    audience = np.flatnonzero(mask)
+    kept_out = journeys.kept_out(engine, frame.index[audience], plan, as_of)
+    mask[audience[kept_out]] = False
+    counts = {"customers": int(len(frame)), "not_reentered": int(kept_out.sum())}
     if early:
         counts["audience"] = int(len(audience))
-    return admitted, counts
+    return mask, counts
 
 
 def assign_segments(scored: pd.DataFrame, plan: Plan, as_of: dt.date) -> tuple[pd.DataFrame, dict]:
@@ -69,7 +72,7 @@ def assign_segments(scored: pd.DataFrame, plan: Plan, as_of: dt.date) -> tuple[p
 
 
 @task(name="re-entry", cache_policy=NO_CACHE, **IO_RETRIES)
-def admit_entries(engine: Engine, frame: pd.DataFrame, plan: Plan, as_of: dt.date) -> tuple[pd.DataFrame, dict]:
+def admit_entries(engine: Engine, frame: pd.DataFrame, plan: Plan, as_of: dt.date) -> tuple[np.ndarray, dict]:
     return entrants(engine, frame, plan, as_of)
 
 

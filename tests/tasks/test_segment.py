@@ -58,24 +58,25 @@ def test_scoring_only_the_entrants_decides_as_scoring_everyone(scene, audience, 
     _enter(engine, plan, list(buyers[::3]), END - dt.timedelta(days=5))
 
     entering, entry = entrants(engine, feats, plan, END)
-    scored = score_frame(to_score(feats, entering.index), model)
-    selected, counts = assign_segments(scored.loc[entering.index], plan, END)
+    keep = to_score(feats, entering)
+    scored = score_frame(feats[keep], model)
+    selected, counts = assign_segments(scored[entering[keep]], plan, END)
 
     before = _everyone_first(engine, model, feats, plan)
     assert len(selected) > 100
     pd.testing.assert_series_equal(selected["segment"], before["segment"])
     pd.testing.assert_series_equal(selected["churn_score"], before["churn_score"])
-    assert entry["not_reentered"] > 0 and not set(entering.index) & set(buyers[::3])
+    assert entry["not_reentered"] > 0 and not set(feats.index[entering]) & set(buyers[::3])
     scored_ids = set(scored.index[scored["churn_score"].notna()])
     assert scored_ids >= set(selected.index) and len(scored_ids) < len(buyers)
-    assert not (set(buyers[::3]) - set(drift_sample(feats))) & scored_ids, "those kept out are not scored"
+    assert not (set(buyers[::3]) - set(feats.index[drift_sample(feats)])) & scored_ids, "those kept out are not scored"
     assert sum(counts["segments"].values()) == len(selected)
 
 
 def test_the_drift_sample_is_spread_over_all_buyers(scene):
     _, _, feats = scene
     buyers = feats.index[feats["orders_total"] > 0]
-    assert list(drift_sample(feats)) == list(buyers)  # a small base: every buyer
-    sample = drift_sample(feats, size=100)
+    assert list(feats.index[drift_sample(feats)]) == list(buyers)  # a small base: every buyer
+    sample = feats.index[drift_sample(feats, size=100)]
     assert 50 < len(sample) <= 100 and set(sample) <= set(buyers)
     assert sample[0] == buyers[0] and sample[-1] >= buyers[-len(buyers) // 100 - 1]
