@@ -115,9 +115,9 @@ touches = Table(
     Column("payload", Text),
     Column("cost", Float),  # the offer's unit cost this touch committed (coupon), for budgets and ROI
     Column("skipped", String(256)),  # why earlier tiers passed the customer by: "0:capacity 1:no_consent"
-    Index("ix_touches_customer", "customer_id", "created_at"),
+    Index("ix_touches_customer", "customer_id", "as_of"),  # caps, same-day rivals, explain: by day
     Index("ix_touches_playbook", "playbook", "as_of"),
-    Index("ix_touches_due", "status", "due_at"),
+    Index("ix_touches_status", "status", "as_of", "due_at"),  # caps' window, the day's rivals, what is due
 )
 
 # Each customer's place in a playbook's steps: one row per (playbook, customer, entry day).
