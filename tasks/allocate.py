@@ -118,7 +118,7 @@ def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: Holders | set[tupl
                  suppressed: Holders | set[tuple[str, str | None]] | None = None,
                  outranked_by: set[str] | None = None, control: ControlGroup | None = None) -> pd.DataFrame:
     """Columns tier (0-based, -1 when none), channel, variant, cost, deferred and reason, per customer."""
-    out = selected.copy()
+    out = selected.copy(deep=False)  # copy-on-write: the caller's frame stays as it was
     n = len(out)
     ids = out.index.to_numpy(dtype=object)
     tier = np.full(n, -1)

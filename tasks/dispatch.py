@@ -149,7 +149,7 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
                    plan_hash: str | None = None) -> DispatchResult:
     """Ledger, then delivery, for one step: `main`, or a follow-up (keyed by the journey's entry day, `window`)."""
     result = DispatchResult()
-    frame = allocated.copy()
+    frame = allocated.copy(deep=False)  # copy-on-write: the caller's frame stays as it was
     frame["touch_key"] = touch_keys(plan, frame.index, window or as_of, step)
     if "variant" not in frame:
         frame["variant"] = pd.Series(pd.NA, index=frame.index, dtype="string")

@@ -158,7 +158,8 @@ def priority_rank(frame: pd.DataFrame) -> np.ndarray:
     """Who goes first for capacity and budget: highest churn score, then customer id (stable)."""
     score = pd.to_numeric(frame["churn_score"], errors="coerce") if "churn_score" in frame else \
         pd.Series(np.nan, index=frame.index)
-    order = np.lexsort((frame.index.astype(str).to_numpy(), -score.fillna(-1).to_numpy(dtype=float)))
+    ids = frame.index.to_numpy(dtype=str)  # fixed-width text: numpy compares it in C, not object by object
+    order = np.lexsort((ids, -score.fillna(-1).to_numpy(dtype=float)))
     rank = np.empty(len(frame), dtype=np.int64)
     rank[order] = np.arange(len(frame))
     return rank

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 def score_frame(features: pd.DataFrame, model: ChurnModel | None) -> pd.DataFrame:
     """Add churn_score; customers who never ordered get no score (outside the model's definition)."""
-    out = features.copy()
+    out = features.copy(deep=False)  # copy-on-write: the caller's frame stays as it was
     out["churn_score"] = pd.Series(pd.NA, index=out.index, dtype="Float64")
     if model is None or out.empty:
         return out
@@ -38,7 +38,7 @@ def add_reasons(frame: pd.DataFrame, model: ChurnModel | None, plan: Plan | None
     touched only: per-row SHAP values cost ~0.5 ms each, too much to spend on everyone scored. With the
     plan, only for customers whose message reads `reasons` (none of the shipped templates does: a
     million-customer run would spend over a minute on reasons nobody reads)."""
-    out = frame.copy()
+    out = frame.copy(deep=False)  # copy-on-write: the caller's frame stays as it was
     out["churn_reasons"] = pd.Series(pd.NA, index=out.index, dtype="string")
     if model is None or out.empty:
         return out
