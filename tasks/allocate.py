@@ -25,12 +25,12 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import or_, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from flows.plan import Plan
 from infra.settings import ControlGroup
 from tasks import guardrails
-from infra.warehouse.bulk import among, chunks, fetch_frame, utcnow
+from infra.warehouse.bulk import IdSet, connected, fetch_frame, utcnow
 from infra.warehouse.schema import consents, suppressions
 from tasks.extract import day_end
 from tasks.common import IO_RETRIES
@@ -82,33 +82,28 @@ class Holders:
         return sum(len(v) for v in self.by_key.values())
 
 
-def active_consents(engine: Engine, customer_ids: Sequence[str], pairs: set[tuple[str, str]],
+def active_consents(source: Engine | Connection, customer_ids: IdSet | Sequence[str], pairs: set[tuple[str, str]],
                     at: dt.datetime) -> Holders:
     """Who has a grant in force at `at`, by (channel, purpose)."""
     t = consents.c
     channels = sorted({c for c, _ in pairs})
     purposes = sorted({p for _, p in pairs})
     cols = ["customer_id", "channel", "purpose"]
-    parts = []
-    with engine.connect() as conn:
-        for ids in chunks(customer_ids):
-            stmt = select(t.customer_id, t.channel, t.purpose).where(
-                among(t.customer_id, ids), t.channel.in_(channels), t.purpose.in_(purposes),
-                t.granted_at <= at, or_(t.withdrawn_at.is_(None), t.withdrawn_at > at),
-            )
-            parts.append(fetch_frame(conn, stmt, cols))
+    with connected(source) as conn:
+        parts = [fetch_frame(conn, select(t.customer_id, t.channel, t.purpose).where(
+            within, t.channel.in_(channels), t.purpose.in_(purposes),
+            t.granted_at <= at, or_(t.withdrawn_at.is_(None), t.withdrawn_at > at)), cols)
+            for within in IdSet.of(customer_ids).where(conn, t.customer_id)]
     found = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
     return Holders.from_frame(found, ["channel", "purpose"])
 
 
-def suppressed_for(engine: Engine, customer_ids: Sequence[str]) -> Holders:
+def suppressed_for(source: Engine | Connection, customer_ids: IdSet | Sequence[str]) -> Holders:
     """Who is on the suppression list, by consent channel; (None,) means every channel."""
     t = suppressions.c
-    parts = []
-    with engine.connect() as conn:
-        for ids in chunks(customer_ids):
-            parts.append(fetch_frame(conn, select(t.customer_id, t.channel).where(among(t.customer_id, ids)),
-                                     ["customer_id", "channel"]))
+    with connected(source) as conn:
+        parts = [fetch_frame(conn, select(t.customer_id, t.channel).where(within), ["customer_id", "channel"])
+                 for within in IdSet.of(customer_ids).where(conn, t.customer_id)]
     found = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["customer_id", "channel"])
     return Holders.from_frame(found, ["channel"])
 
@@ -225,13 +220,14 @@ def _would_be_tiers(out: pd.DataFrame, plan: Plan, holders: Holders, blocked_on:
 def allocate_frame(selected: pd.DataFrame, plan: Plan, as_of: dt.date, engine: Engine, *,
                    control: ControlGroup | None = None) -> pd.DataFrame:
     """Read consents and recent sends for the selected customers, then choose their tiers."""
-    ids = selected.index.to_numpy(dtype=object)
+    ids = IdSet(selected.index.to_numpy(dtype=object))
     pairs = {(t.consent_channel, t.purpose) for s in plan.segments for t in s.tiers}
-    granted = active_consents(engine, ids, pairs, consent_effective_at(as_of)) if len(ids) else Holders()
-    recent = guardrails.recent_sends(engine, ids, plan, as_of)
-    blocked = suppressed_for(engine, ids) if len(ids) else Holders()
-    keep_off, take_over = guardrails.outranked(guardrails.same_day_rivals(engine, ids, plan, as_of), plan) \
-        if len(ids) else (set(), {})
+    with engine.connect() as conn:  # one connection: on PostgreSQL the ids are loaded once for all four
+        granted = active_consents(conn, ids, pairs, consent_effective_at(as_of)) if len(ids) else Holders()
+        recent = guardrails.recent_sends(conn, ids, plan, as_of)
+        blocked = suppressed_for(conn, ids) if len(ids) else Holders()
+        rivals = guardrails.same_day_rivals(conn, ids, plan, as_of) if len(ids) else None
+    keep_off, take_over = guardrails.outranked(rivals, plan) if rivals is not None else (set(), {})
     out = choose_tiers(selected, plan, granted, recent=recent, send_at=guardrails.send_instant(plan, as_of, utcnow().replace(tzinfo=dt.UTC)),
                        suppressed=blocked, outranked_by=keep_off, control=control)
     # lower-priority touches of other playbooks that dispatch cancels before sending ours

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from sqlalchemy import and_, func, not_, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from flows.plan import Plan, QuietHours, VariantPlan
 from infra.settings import ControlGroup
-from infra.warehouse.bulk import among, chunks, fetch_frame
+from infra.warehouse.bulk import IdSet, connected, fetch_frame
 from infra.warehouse.schema import touches
 
 DEFAULT_SEND_TIME = dt.time(10, 0)  # UTC, for playbooks without a schedule
@@ -173,7 +173,7 @@ def over_cap(recent: pd.Series | None, ids: pd.Index, plan: Plan) -> np.ndarray:
     return recent.reindex(ids).fillna(0).to_numpy() >= cap.max
 
 
-def sent_counts(engine: Engine, ids: Sequence[str], since: dt.date, until: dt.date,
+def sent_counts(source: Engine | Connection, ids: IdSet | Sequence[str], since: dt.date, until: dt.date,
                 exclude: tuple[str, dt.date] | None = None) -> pd.Series:
     """Sent touches per customer with as-of day in [since, until], any playbook; `exclude` = (playbook,
     as-of) leaves one run's own touches out."""
@@ -181,39 +181,34 @@ def sent_counts(engine: Engine, ids: Sequence[str], since: dt.date, until: dt.da
     where = [t.status == "sent", t.as_of >= since, t.as_of <= until]
     if exclude is not None:
         where.append(not_(and_(t.playbook == exclude[0], t.as_of == exclude[1])))
-    parts = []
-    with engine.connect() as conn:
-        for part in chunks(ids):
-            stmt = select(t.customer_id, func.count()).where(among(t.customer_id, part), *where).group_by(t.customer_id)
-            parts.append(fetch_frame(conn, stmt, ["customer_id", "n"]))
+    with connected(source) as conn:
+        parts = [fetch_frame(conn, select(t.customer_id, func.count()).where(within, *where).group_by(t.customer_id),
+                             ["customer_id", "n"]) for within in IdSet.of(ids).where(conn, t.customer_id)]
     found = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["customer_id", "n"])
     return pd.Series(found["n"].to_numpy(dtype="int64"), index=pd.Index(found["customer_id"].to_numpy(dtype=object)),
                      dtype="int64")
 
 
-def recent_sends(engine: Engine, ids: Sequence[str], plan: Plan, as_of: dt.date) -> pd.Series:
+def recent_sends(source: Engine | Connection, ids: IdSet | Sequence[str], plan: Plan, as_of: dt.date) -> pd.Series:
     """Sent touches per customer in the cap window up to the as-of day, any playbook (this run excluded)."""
     cap = plan.guardrails.frequency_cap
     if cap is None or not len(ids):
         return pd.Series(dtype="int64")
-    return sent_counts(engine, ids, as_of - dt.timedelta(days=cap.days - 1), as_of, exclude=(plan.name, as_of))
+    return sent_counts(source, ids, as_of - dt.timedelta(days=cap.days - 1), as_of, exclude=(plan.name, as_of))
 
 
 RIVAL_STATUSES = ("planned", "deferred", "sent")
 
 
-def same_day_rivals(engine: Engine, ids: Sequence[str], plan: Plan, as_of: dt.date) -> pd.DataFrame:
+def same_day_rivals(source: Engine | Connection, ids: IdSet | Sequence[str], plan: Plan, as_of: dt.date) -> pd.DataFrame:
     """Other playbooks' touches for these customers on the same day that are planned, deferred or sent."""
     t = touches.c
     cols = ["customer_id", "touch_key", "status", "priority", "claimed_by"]
-    rows = []
-    with engine.connect() as conn:
-        for part in chunks(ids):
-            stmt = select(t.customer_id, t.touch_key, t.status, t.priority, t.claimed_by).where(
-                among(t.customer_id, part), t.as_of == as_of,
-                t.playbook != plan.name, t.status.in_(RIVAL_STATUSES))
-            rows += conn.execute(stmt).all()
-    return pd.DataFrame(rows, columns=cols)
+    with connected(source) as conn:
+        parts = [fetch_frame(conn, select(t.customer_id, t.touch_key, t.status, t.priority, t.claimed_by).where(
+            within, t.as_of == as_of, t.playbook != plan.name, t.status.in_(RIVAL_STATUSES)), cols)
+            for within in IdSet.of(ids).where(conn, t.customer_id)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
 
 
 def outranked(rivals: pd.DataFrame, plan: Plan) -> tuple[set[str], dict[str, list[str]]]:

@@ -119,3 +119,33 @@ def test_among_without_sqlites_json_functions_falls_back_to_an_in_list(sqlite_ur
         stmt = select(customers.c.customer_id).where(bulk.among(customers.c.customer_id, ["c", "a", "z"]))
         assert "json_each" not in str(stmt.compile(engine))
         assert sorted(conn.execute(stmt).scalars()) == ["a", "c"]
+
+
+def test_an_id_set_is_loaded_once_per_transaction_and_matches_like_in(any_url, monkeypatch):
+    """Allocation's lookups share one set of ids: on PostgreSQL a temporary table, copied once per
+    transaction (ids with tabs, backslashes and quotes intact) and gone when the transaction ends."""
+    from sqlalchemy import text
+
+    from infra.warehouse import bulk
+    from infra.warehouse.bulk import IdSet, bulk_insert
+
+    monkeypatch.setattr(bulk, "TEMP_IDS", 1)
+    engine = open_warehouse(any_url, create=True)
+    upgrade(engine)
+    odd = ["tab\there", "back\\slash", "quote'd", "new\nline", "plain", "ünï"]
+    with engine.begin() as conn:
+        bulk_insert(conn, customers, pd.DataFrame({"customer_id": odd + ["other"], "timezone": "UTC",
+                                                   "signed_up_at": pd.Timestamp("2025-01-01")}))
+    ids = IdSet(odd + ["absent"])
+    with engine.connect() as conn:
+        first = [set(conn.execute(select(customers.c.customer_id).where(w)).scalars()) for w in ids.where(conn, customers.c.customer_id)]
+        again = [set(conn.execute(select(customers.c.customer_id).where(w)).scalars()) for w in ids.where(conn, customers.c.customer_id)]
+    assert set().union(*first) == set(odd) == set().union(*again)
+    if engine.dialect.name == "postgresql":
+        assert len(ids._loaded) == 1  # the second lookup joined the table the first one loaded
+        with engine.connect() as conn:  # a new transaction: the old table is gone, a new one is loaded
+            found = set().union(*(set(conn.execute(select(customers.c.customer_id).where(w)).scalars())
+                                  for w in ids.where(conn, customers.c.customer_id)))
+        with engine.connect() as conn:
+            temp = conn.execute(text("SELECT count(*) FROM pg_tables WHERE tablename LIKE '\\_ids\\_%'")).scalar_one()
+        assert found == set(odd) and len(ids._loaded) == 2 and temp == 0
