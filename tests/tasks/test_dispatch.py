@@ -123,6 +123,38 @@ def ledger(engine) -> dict[str, tuple]:
         return {r[0]: tuple(r[1:]) for r in rows}
 
 
+def test_drops_written_beside_the_delivery_are_all_in_the_ledger_when_the_step_ends(plan, any_url, monkeypatch):
+    """On PostgreSQL many drops are written on a connection of their own while the touches go out; the
+    step ends with every decision in the ledger, and a failure there fails the step (the rerun
+    repeats nothing sent)."""
+    from tasks import claims, dispatch
+
+    monkeypatch.setattr(dispatch, "BACKGROUND_DROPS", 1)
+    engine = open_warehouse(any_url, create=True)
+    upgrade(engine)
+    result = run(plan, engine)
+    assert result.sent == {"advisor": 1, "push": 2}
+    assert ledger(engine)["r2"] == ("dropped", None, "no_consent") and len(ledger(engine)) == 4
+
+    real = claims.insert_absent
+
+    def drops_fail(engine, rows, run_columns=None):
+        if (rows["status"] == "dropped").all():
+            raise ConnectionError("the connection for the drops was lost")
+        return real(engine, rows, run_columns)
+
+    monkeypatch.setattr(claims, "insert_absent", drops_fail)
+    with engine.begin() as conn:
+        conn.execute(touches.delete())
+    if engine.dialect.name == "postgresql":
+        with pytest.raises(ConnectionError, match="drops was lost"):
+            run(plan, engine)
+        assert "r2" not in ledger(engine) and ledger(engine)["v1"][0] == "sent"
+        monkeypatch.setattr(claims, "insert_absent", real)
+        again = run(plan, engine)  # the rerun writes the drops and sends nothing twice
+        assert again.sent == {} and again.already_sent == 3 and ledger(engine)["r2"][0] == "dropped"
+
+
 def test_dispatch_writes_every_decision_and_delivers_each_touch_once(plan, engine):
     result = run(plan, engine)
     assert result.sent == {"advisor": 1, "push": 2}
