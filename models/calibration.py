@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize
 from scipy.special import expit, logit
 
 
@@ -41,6 +40,8 @@ class Platt:
             value = -np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))
             grad = np.array([np.mean((q - y) * z), np.mean(q - y)])
             return float(value), grad
+
+        from scipy.optimize import minimize  # fitting only: scoring runs need not import it
 
         best = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
         return cls(float(best.x[0]), float(best.x[1]))
