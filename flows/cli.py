@@ -15,9 +15,12 @@ from infra.errors import LifecycleError
 
 
 def _prefect_defaults() -> None:
-    """No telemetry (there is no internet here, and ops data is not ours to report)."""
+    """No telemetry (there is no internet here, and ops data is not ours to report). The temporary server
+    of Prefect's ephemeral mode gets 90 s to start instead of 20: on a busy two-core machine its first
+    start (database migrations) took longer, and the run failed before doing anything."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
 def _date(text: str) -> dt.date:
