@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 from flows.plan import Plan
 from infra.settings import ControlGroup
 from tasks import guardrails
-from infra.warehouse.bulk import IdSet, connected, fetch_frame, utcnow
+from infra.warehouse.bulk import IdSet, lookup, utcnow
 from infra.warehouse.schema import consents, suppressions
 from tasks.extract import day_end
 from tasks.common import IO_RETRIES
@@ -88,23 +88,17 @@ def active_consents(source: Engine | Connection, customer_ids: IdSet | Sequence[
     t = consents.c
     channels = sorted({c for c, _ in pairs})
     purposes = sorted({p for _, p in pairs})
-    cols = ["customer_id", "channel", "purpose"]
-    with connected(source) as conn:
-        parts = [fetch_frame(conn, select(t.customer_id, t.channel, t.purpose).where(
-            within, t.channel.in_(channels), t.purpose.in_(purposes),
-            t.granted_at <= at, or_(t.withdrawn_at.is_(None), t.withdrawn_at > at)), cols)
-            for within in IdSet.of(customer_ids).where(conn, t.customer_id)]
-    found = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+    found = lookup(source, customer_ids, t.customer_id, lambda within: select(t.customer_id, t.channel, t.purpose).where(
+        within, t.channel.in_(channels), t.purpose.in_(purposes),
+        t.granted_at <= at, or_(t.withdrawn_at.is_(None), t.withdrawn_at > at)), ["customer_id", "channel", "purpose"])
     return Holders.from_frame(found, ["channel", "purpose"])
 
 
 def suppressed_for(source: Engine | Connection, customer_ids: IdSet | Sequence[str]) -> Holders:
     """Who is on the suppression list, by consent channel; (None,) means every channel."""
     t = suppressions.c
-    with connected(source) as conn:
-        parts = [fetch_frame(conn, select(t.customer_id, t.channel).where(within), ["customer_id", "channel"])
-                 for within in IdSet.of(customer_ids).where(conn, t.customer_id)]
-    found = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["customer_id", "channel"])
+    found = lookup(source, customer_ids, t.customer_id, lambda within: select(t.customer_id, t.channel).where(within),
+                   ["customer_id", "channel"])
     return Holders.from_frame(found, ["channel"])
 
 

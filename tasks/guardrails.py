@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from flows.plan import Plan, QuietHours, VariantPlan
 from infra.settings import ControlGroup
-from infra.warehouse.bulk import IdSet, connected, fetch_frame
+from infra.warehouse.bulk import IdSet, lookup
 from infra.warehouse.schema import touches
 
 DEFAULT_SEND_TIME = dt.time(10, 0)  # UTC, for playbooks without a schedule
@@ -181,10 +181,9 @@ def sent_counts(source: Engine | Connection, ids: IdSet | Sequence[str], since: 
     where = [t.status == "sent", t.as_of >= since, t.as_of <= until]
     if exclude is not None:
         where.append(not_(and_(t.playbook == exclude[0], t.as_of == exclude[1])))
-    with connected(source) as conn:
-        parts = [fetch_frame(conn, select(t.customer_id, func.count()).where(within, *where).group_by(t.customer_id),
-                             ["customer_id", "n"]) for within in IdSet.of(ids).where(conn, t.customer_id)]
-    found = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["customer_id", "n"])
+    found = lookup(source, ids, t.customer_id,
+                   lambda within: select(t.customer_id, func.count()).where(within, *where).group_by(t.customer_id),
+                   ["customer_id", "n"])
     return pd.Series(found["n"].to_numpy(dtype="int64"), index=pd.Index(found["customer_id"].to_numpy(dtype=object)),
                      dtype="int64")
 
@@ -204,11 +203,8 @@ def same_day_rivals(source: Engine | Connection, ids: IdSet | Sequence[str], pla
     """Other playbooks' touches for these customers on the same day that are planned, deferred or sent."""
     t = touches.c
     cols = ["customer_id", "touch_key", "status", "priority", "claimed_by"]
-    with connected(source) as conn:
-        parts = [fetch_frame(conn, select(t.customer_id, t.touch_key, t.status, t.priority, t.claimed_by).where(
-            within, t.as_of == as_of, t.playbook != plan.name, t.status.in_(RIVAL_STATUSES)), cols)
-            for within in IdSet.of(ids).where(conn, t.customer_id)]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+    return lookup(source, ids, t.customer_id, lambda within: select(*(t[c] for c in cols)).where(
+        within, t.as_of == as_of, t.playbook != plan.name, t.status.in_(RIVAL_STATUSES)), cols)
 
 
 def outranked(rivals: pd.DataFrame, plan: Plan) -> tuple[set[str], dict[str, list[str]]]:

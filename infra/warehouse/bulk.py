@@ -8,7 +8,7 @@ import functools
 import hashlib
 import io
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -150,13 +150,25 @@ def connected(source: Engine | Connection) -> Iterator[Connection]:
             yield conn
 
 
+def lookup(source: Engine | Connection, ids: IdSet | Sequence, column, query: Callable[[ColumnElement], object],
+           columns: Sequence[str]) -> pd.DataFrame:
+    """The rows of `query(condition)` as one frame, where the condition is `column is one of ids`: a query
+    per chunk of ids (`among`), or one joining the ids' temporary table (PostgreSQL, `IdSet`)."""
+    with connected(source) as conn:
+        parts = [fetch_frame(conn, query(within), columns) for within in IdSet.of(ids).where(conn, column)]
+    return pd.concat(parts, ignore_index=True) if parts else _empty(columns)
+
+
 def fetch_frame(conn: Connection, stmt, columns: Sequence[str]) -> pd.DataFrame:
     """The statement's rows as a frame, built from the driver's own tuples: SQLAlchemy's per-row result
     processing costs more than the query when a lookup returns hundreds of thousands of rows. Values
     come as the driver gives them (dates are text on SQLite), so select ids, names and numbers."""
     rows = conn.execute(stmt).cursor.fetchall()
-    return pd.DataFrame.from_records(rows, columns=list(columns), nrows=len(rows)) if rows else \
-        pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    return pd.DataFrame.from_records(rows, columns=list(columns), nrows=len(rows)) if rows else _empty(columns)
+
+
+def _empty(columns: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
 
 
 def utcnow() -> dt.datetime:
@@ -203,7 +215,7 @@ def insert_ignore(conn: Connection, table: Table, frame: pd.DataFrame, keys: Seq
     # one temporary table per column set: a pooled connection keeps them between calls
     temp = f"_new_{table.name}_{hashlib.sha1('|'.join(cols).encode()).hexdigest()[:8]}"
     source = ", ".join(f'"{c}"' for c in cols)
-    if conn.dialect.name == "postgresql" and hasattr(conn.connection.driver_connection.cursor(), "copy_expert"):
+    if conn.dialect.name == "postgresql" and _has_copy(conn):
         conn.exec_driver_sql(f'CREATE TEMPORARY TABLE IF NOT EXISTS "{temp}" ON COMMIT DELETE ROWS AS '
                              f'SELECT {source} FROM "{table.name}" WITH NO DATA')
         for start in range(0, len(frame), CHUNK_ROWS):
