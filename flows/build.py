@@ -92,9 +92,10 @@ def _playbook_run(config: ProjectConfig, parts: Shards | None, playbook: str, as
         # who may enter today (audience, re-entry rule) before anyone is scored: only they, the follow-ups
         # due and the drift check's sample are
         entering, entry = admit_entries(engine, feats, plan, day)
-        keep = to_score(feats, entering, due_customers(engine, plan.name, day))
+        sample = drift_sample(feats)
+        keep = to_score(feats, entering, sample, due_customers(engine, plan.name, day))
         scored = score(feats[keep], model)
-        entering, sample = entering[keep], drift_sample(feats)[keep]
+        entering, sample = entering[keep], sample[keep]
     else:  # per shard on the Dask cluster, back in customer-id order
         scored = parts.score(engine, day, model)
         entering, entry = admit_entries(engine, scored, plan, day)

@@ -89,10 +89,10 @@ def drift_sample(features: pd.DataFrame, size: int | None = None) -> np.ndarray:
     return mask
 
 
-def to_score(features: pd.DataFrame, entering: np.ndarray, also: pd.Index | None = None) -> np.ndarray:
-    """Which rows a run scores (a mask): today's entrants, the customers `also` needs (follow-ups due)
-    and the drift sample; nobody else's score is read."""
-    keep = entering | drift_sample(features)
+def to_score(features: pd.DataFrame, entering: np.ndarray, sample: np.ndarray, also: pd.Index | None = None) -> np.ndarray:
+    """Which rows a run scores (a mask): today's entrants, the drift sample and the customers `also` needs
+    (follow-ups due); nobody else's score is read."""
+    keep = entering | sample
     if also is not None and len(also):
         keep |= features.index.isin(also)
     return keep
