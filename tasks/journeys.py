@@ -5,7 +5,7 @@
   plan they entered on (kept in `plans` by hash) and their first follow-up's due day. The control
   arm is recorded too, so re-entry rules treat both arms alike (honest measurement) but it gets no
   follow-ups.
-- **Re-entry** (`admit`): `reentry.mode` once / after `days` / every_time decides who may enter again.
+- **Re-entry** (`kept_out`): `reentry.mode` once / after `days` / every_time decides who may enter again.
 - **Exit on the goal** (`exit_on_goal`): a journey whose customer reached the goal event since entry
   (an order for `order.placed`) is `converted` and gets no more steps.
 - **Advance** (`due`, `advance`): each run takes the active journeys whose next step is due, on the
@@ -42,12 +42,6 @@ def load_plan(engine: Engine, plan_hash: str) -> Plan | None:
     with engine.connect() as conn:
         text = conn.execute(select(plans.c.plan).where(plans.c.plan_hash == plan_hash)).scalar_one_or_none()
     return Plan.from_json(text) if text else None
-
-
-def admit(engine: Engine, selected: pd.DataFrame, plan: Plan, as_of: dt.date) -> tuple[pd.DataFrame, int]:
-    """The selected customers the re-entry rule lets in today, and how many it kept out."""
-    out = kept_out(engine, selected.index, plan, as_of)
-    return selected[~out], int(out.sum())
 
 
 def kept_out(engine: Engine, ids: pd.Index, plan: Plan, as_of: dt.date) -> np.ndarray:

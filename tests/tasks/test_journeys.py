@@ -70,8 +70,15 @@ def scored(ids=IDS) -> pd.DataFrame:
                         index=pd.Index(ids, name="customer_id"))
 
 
+def admit(engine, plan, day, ids=IDS) -> tuple[pd.DataFrame, int]:
+    """The customers the re-entry rule lets in on `day`, and how many it keeps out."""
+    selected = scored(ids).assign(segment="everyone")
+    out = jr.kept_out(engine, selected.index, plan, day)
+    return selected[~out], int(out.sum())
+
+
 def main_step(engine, plan, day, ids=IDS):
-    selected, _ = jr.admit(engine, scored(ids).assign(segment="everyone"), plan, day)
+    selected, _ = admit(engine, plan, day, ids)
     allocated = allocate_frame(selected, plan, day, engine)
     dispatch_frame(allocated, plan, day, engine=engine, config=load_config(), run_id="r", model_version=None,
                    dry_run=False)
@@ -141,17 +148,17 @@ def test_a_step_whose_rule_no_longer_holds_is_skipped_not_retried(engine, tmp_pa
 def test_reentry_rules(engine, tmp_path):
     once = make_plan(tmp_path / "once")
     main_step(engine, once, D0, ["C1", "C2"])
-    admitted, kept_out = jr.admit(engine, scored().assign(segment="everyone"), once, D0 + dt.timedelta(days=40))
+    admitted, kept_out = admit(engine, once, D0 + dt.timedelta(days=40))
     assert list(admitted.index) == ["C3", "C4"] and kept_out == 2
 
     after = make_plan(tmp_path / "after", reentry="{mode: after, days: 30}")
-    admitted, _ = jr.admit(engine, scored().assign(segment="everyone"), after, D0 + dt.timedelta(days=20))
+    admitted, _ = admit(engine, after, D0 + dt.timedelta(days=20))
     assert list(admitted.index) == ["C3", "C4"]
-    admitted, _ = jr.admit(engine, scored().assign(segment="everyone"), after, D0 + dt.timedelta(days=30))
+    admitted, _ = admit(engine, after, D0 + dt.timedelta(days=30))
     assert list(admitted.index) == IDS
 
     every = make_plan(tmp_path / "every", reentry="{mode: every_time}")
-    admitted, kept_out = jr.admit(engine, scored().assign(segment="everyone"), every, D0 + dt.timedelta(days=1))
+    admitted, kept_out = admit(engine, every, D0 + dt.timedelta(days=1))
     assert list(admitted.index) == IDS and kept_out == 0
 
 

@@ -15,7 +15,7 @@ from infra.warehouse.bulk import insert_ignore
 from infra.warehouse.schema import journeys
 from tasks.extract import extract_all
 from tasks.features import build_features
-from tasks.journeys import admit
+from tasks.journeys import kept_out
 from tasks.score import drift_sample, score_frame, to_score
 from tasks.segment import assign_segments, entrants, reads_model
 from tests.conftest import END, make_world
@@ -42,7 +42,7 @@ def _enter(engine, plan, ids, day):
 def _everyone_first(engine, model, feats, plan):
     """The order before: score every buyer, segment, then apply the re-entry rule."""
     selected, _ = assign_segments(score_frame(feats, model), plan, END)
-    return admit(engine, selected, plan, END)[0]
+    return selected[~kept_out(engine, selected.index, plan, END)]
 
 
 @pytest.mark.parametrize("audience", [None, "orders_total >= 1 and churn_score >= 0.3"])
@@ -58,7 +58,7 @@ def test_scoring_only_the_entrants_decides_as_scoring_everyone(scene, audience, 
     _enter(engine, plan, list(buyers[::3]), END - dt.timedelta(days=5))
 
     entering, entry = entrants(engine, feats, plan, END)
-    keep = to_score(feats, entering)
+    keep = to_score(feats, entering, drift_sample(feats))
     scored = score_frame(feats[keep], model)
     selected, counts = assign_segments(scored[entering[keep]], plan, END)
 
