@@ -1,10 +1,14 @@
 """Journeys: customers walk a playbook's follow-up steps, run by run, with their state in the warehouse.
 
-- **Entry** (`enter`): after the main step, every customer the run assigned (treated: planned, sent
-  or deferred; control: held out) gets a `journeys` row for (playbook, customer, entry day), with the
-  plan they entered on (kept in `plans` by hash) and their first follow-up's due day. The control
-  arm is recorded too, so re-entry rules treat both arms alike (honest measurement) but it gets no
-  follow-ups.
+- **Entry** (`enter`): after the main step, every customer the run decided for gets a `journeys` row
+  for (playbook, customer, entry day), with the plan they entered on (kept in `plans` by hash):
+  touched (planned, sent, deferred: `active` towards their first follow-up, or `done`), held out
+  (`held_out`: the control arm, no follow-ups) and not reached (dropped or failed: `exited`). A
+  decision is the entry, whatever came of it, so the re-entry rule treats both arms alike: a
+  treated customer the run could not reach is decided again when a held-out one would be, not the
+  next day (that would give the treated arm of a date range more long-standing unreachable
+  customers than the control arm, and rewrite the same drop every day). Ops who want the
+  unreached tried again sooner shorten `reentry.days`.
 - **Re-entry** (`kept_out`): `reentry.mode` once / after `days` / every_time decides who may enter again.
 - **Exit on the goal** (`exit_on_goal`): a journey whose customer reached the goal event since entry
   (an order for `order.placed`) is `converted` and gets no more steps.
@@ -20,14 +24,14 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import Date, DateTime, Integer, String, and_, case, exists, false, func, literal, null, select, update
 from sqlalchemy.engine import Engine
 
 from flows.plan import FollowUpPlan, Plan, SegmentPlan
-from infra.warehouse.bulk import among, chunks, fetch_frame, insert_ignore, utcnow
+from infra.warehouse.bulk import among, chunks, fetch_frame, insert_ignore, insert_select_ignore, utcnow
 from infra.warehouse.schema import events, journeys, orders, plans, touches
 
-ENTERED = ("planned", "sent", "deferred", "held_out")
+REACHING = ("planned", "sent", "deferred")  # the main touch is out or on its way
 
 
 def remember_plan(engine: Engine, plan: Plan) -> None:
@@ -65,28 +69,29 @@ def kept_out(engine: Engine, ids: pd.Index, plan: Plan, as_of: dt.date) -> np.nd
 
 
 def enter(engine: Engine, plan: Plan, as_of: dt.date) -> int:
-    """Open a journey for everyone this run assigned in its main step; returns how many entered."""
+    """Open a journey for everyone this run decided in its main step; returns how many entered.
+
+    One INSERT ... SELECT from the day's ledger rows, in the database: at a million customers the run
+    decides a few hundred thousand, and none of them need to travel to Python and back."""
     remember_plan(engine, plan)
-    t = touches.c
-    with engine.connect() as conn:
-        rows = conn.execute(select(t.customer_id, t.segment, t.status).where(
-            t.playbook == plan.name, t.plan_hash == plan.plan_hash, t.as_of == as_of, t.step == "main",
-            t.status.in_(ENTERED))).all()
-    frame = pd.DataFrame(rows, columns=["customer_id", "segment", "status"])
-    held = (frame["status"] == "held_out").to_numpy()
     first = _next_step(plan, -1)
     due = as_of + dt.timedelta(days=plan.follow_ups[first].after_days) if first is not None else None
-    records = frame[["customer_id", "segment"]].assign(
-        playbook=plan.name, entered_on=as_of, plan_hash=plan.plan_hash, playbook_version=plan.version,
-        arm=np.where(held, "holdout", "treated"),
-        state=np.where(held, "held_out", "active" if first is not None else "done"),
-        next_step=pd.array([None if h or first is None else first for h in held], dtype="Int64"),
-        next_due=[None if h else due for h in held],
-        updated_at=utcnow())
-    if len(records):
-        with engine.begin() as conn:
-            insert_ignore(conn, journeys, records, ["playbook", "customer_id", "entered_on"])
-    return len(records)
+    t, j = touches.c, journeys.c
+    held, reaching = t.status == "held_out", t.status.in_(REACHING)
+    state = case((held, "held_out"), (reaching, "active" if first is not None else "done"), else_="exited")
+    ahead = reaching if first is not None else false()
+    rows = select(
+        t.customer_id, t.segment, literal(plan.name, String()), literal(as_of, Date()),
+        literal(plan.plan_hash, String()), literal(plan.version, Integer()),
+        case((held, "holdout"), else_="treated"), state,
+        case((ahead, literal(first, Integer())), else_=null()),
+        case((ahead, literal(due, Date())), else_=null()),
+        literal(utcnow(), DateTime()),
+    ).where(t.playbook == plan.name, t.plan_hash == plan.plan_hash, t.as_of == as_of, t.step == "main")
+    columns = [j.customer_id, j.segment, j.playbook, j.entered_on, j.plan_hash, j.playbook_version, j.arm, j.state,
+               j.next_step, j.next_due, j.updated_at]
+    with engine.begin() as conn:
+        return insert_select_ignore(conn, journeys, columns, rows, ["playbook", "customer_id", "entered_on"])
 
 
 def _next_step(plan: Plan, current: int) -> int | None:

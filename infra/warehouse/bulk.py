@@ -237,6 +237,17 @@ def insert_ignore(conn: Connection, table: Table, frame: pd.DataFrame, keys: Seq
         conn.execute(stmt, frame.assign(**fixed).astype(object).where(frame.notna(), None).to_dict("records"))
 
 
+def insert_select_ignore(conn: Connection, table: Table, columns: Sequence, rows, keys: Sequence[str]) -> int:
+    """INSERT INTO table (columns) SELECT ... ON CONFLICT (keys) DO NOTHING, in the database: rows already
+    there win (as in insert_ignore) and nothing travels through Python. Returns the rows inserted."""
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
+    stmt = insert(table).from_select(columns, rows).on_conflict_do_nothing(index_elements=list(keys))
+    return int(conn.execute(stmt).rowcount or 0)
+
+
 def _param(i: int) -> str:
     return f"constant_{i}"
 

@@ -182,3 +182,36 @@ def test_holdout_customers_enter_but_get_no_follow_ups_and_dry_runs_change_nothi
     before = states(engine)
     out = follow(engine, held, D0 + dt.timedelta(days=3), dry_run=True)
     assert out["steps"] == {} and states(engine) == before
+
+
+def test_customers_the_run_could_not_reach_enter_too_and_wait_like_the_held_out(engine, tmp_path):
+    """A decision is the entry: a treated customer dropped for lack of consent is decided again when the
+    re-entry rule lets a held-out customer back, not at the next run, and gets no follow-ups."""
+    from flows.plan import Experiment
+
+    plan = make_plan(tmp_path, reentry="{mode: after, days: 30}")
+    plan = plan.model_copy(update={"experiment": Experiment(holdout_percent=40, salt="s")})
+    everyone = [*IDS, "C5"]  # C5 never consented to push
+    main_step(engine, plan, D0, everyone)
+    with engine.connect() as conn:
+        ledger = dict(conn.execute(select(touches.c.customer_id, touches.c.status)).all())
+    got = states(engine)
+    assert ledger["C5"] == "dropped" and got["C5"] == ("exited", None, None)
+    held = {c for c, s in ledger.items() if s == "held_out"}
+    assert held and all(got[c][0] == "held_out" for c in held)
+    assert all(got[c] == ("active", 0, D0 + dt.timedelta(days=3)) for c in everyone if ledger[c] == "sent")
+
+    for day in (1, 29):
+        admitted, kept = admit(engine, plan, D0 + dt.timedelta(days=day), everyone)
+        assert admitted.empty and kept == 5
+    admitted, _ = admit(engine, plan, D0 + dt.timedelta(days=30), everyone)
+    assert list(admitted.index) == everyone
+
+    follow(engine, plan, D0 + dt.timedelta(days=3))
+    reminded = {c for c, b in bodies() if b == "Reminder v1"}
+    assert reminded == {c for c in everyone if ledger[c] == "sent"}
+    with engine.connect() as conn:  # a rerun of the day enters no one twice
+        before = conn.execute(select(journeys.c.customer_id)).all()
+    assert jr.enter(engine, plan, D0) == 0
+    with engine.connect() as conn:
+        assert conn.execute(select(journeys.c.customer_id)).all() == before
