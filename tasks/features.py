@@ -88,7 +88,7 @@ def build_features(raw: Extract) -> pd.DataFrame:
         frame["tenure_days"] = frame["first_order_days"].astype("float64").fillna(0).astype("int64")
         context = []
     columns = available_columns(raw.customers is not None, raw.events is not None)
-    out = frame[list(columns) + context].copy()
+    out = frame[list(columns) + context]
     out.index.name = "customer_id"
     return out
 

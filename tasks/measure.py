@@ -12,7 +12,10 @@ Design choices, each so that treated and control are compared apples to apples:
   marketing at all, not just not this playbook, so they are left out of both arms and only counted.
 - **One row per customer.** A customer can be selected on many days in the range; their first as-of
   day in the range fixes their arm, segment, tier, variant and touch time. Arms are stable across days
-  (the hash ignores the date), and later entries are part of the treatment being measured.
+  (the hash ignores the date), and later entries are part of the treatment being measured. Both arms
+  come back on the same schedule: every customer a run decides for enters its journey, reached or
+  not (tasks/journeys.py), so the re-entry rule, not the outcome of the touch, says when a customer is
+  decided again.
 - **The touch time** is the run's scheduled send instant on that as-of day (`send_instant`), for both
   arms: the would-be touch of the control and the real one of the treated share one clock (a
   wall-clock delivery time would differ for reruns and backfills, and exists for one arm only).
