@@ -32,6 +32,7 @@ EVENT_SCAN_DAYS = 180  # last_event_days looks this far back; counts need only 6
 DAY_NS = 86_400 * 10**9
 CUSTOMER_COLUMNS = ["customer_id", "signed_up_at", "timezone", "member_tier", "points", "birthday",
                     "first_name", "advisor_id"]
+CUSTOMER_TEXT = ("customer_id", "timezone", "member_tier", "first_name", "advisor_id")
 ORDER_COLUMNS = ["customer_id", "orders_total", "monetary_total", "first_order_at", "last_order_at",
                  "orders_30d", "orders_90d", "orders_prev_90d", "orders_180d", "orders_365d",
                  "monetary_30d", "monetary_90d", "monetary_prev_90d", "monetary_365d",
@@ -125,12 +126,26 @@ def _frame(conn: Connection, stmt, columns: list[str], *, stamps: tuple[str, ...
     return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
-def extract_customers(conn, as_of: dt.date, shard: Shard | None = None) -> pd.DataFrame:
+def extract_customers(conn, as_of: dt.date | None, shard: Shard | None = None, *, where=()) -> pd.DataFrame:
+    """Customers signed up by the end of the as-of day (with as_of None: all of them), by customer id;
+    `where`: further conditions on the customers table."""
     c = customers.c
     cols = [_stamp(conn, c[n]) if n in ("signed_up_at", "birthday") else c[n] for n in CUSTOMER_COLUMNS]
-    stmt = (select(*cols).where(c.signed_up_at < day_end(as_of), *(shard.where(c.customer_id) if shard else ()))
+    signed = (c.signed_up_at < day_end(as_of),) if as_of is not None else ()
+    stmt = (select(*cols).where(*signed, *(shard.where(c.customer_id) if shard else ()), *where)
             .order_by(c.customer_id))
-    return _frame(conn, stmt, CUSTOMER_COLUMNS, stamps=("signed_up_at", "birthday"))
+    return customer_types(_frame(conn, stmt, CUSTOMER_COLUMNS, stamps=("signed_up_at", "birthday")))
+
+
+def customer_types(frame: pd.DataFrame) -> pd.DataFrame:
+    """One set of column types whatever the rows hold (a column of NULLs alone, or no rows, would
+    otherwise come back as objects; points as integers or, with a NULL among them, floats), so
+    customers read in parts and put together equal customers read at once."""
+    for c in CUSTOMER_TEXT:
+        if frame[c].dtype != "str":
+            frame[c] = frame[c].astype("str")
+    frame["points"] = frame["points"].astype("float64")
+    return frame
 
 
 def extract_orders(conn, as_of: dt.date, shard: Shard | None = None, *,

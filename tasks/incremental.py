@@ -10,6 +10,11 @@ customers those rows touch change, and the result equals `tasks.extract.extract_
 (tests/tasks/test_incremental.py, day by day, SQLite and PostgreSQL). The state is stored as columnar
 blocks (numpy .npz; deflated on PostgreSQL), read and written whole: a million customers in about a second each way.
 
+On PostgreSQL the customers are kept too, with the transaction horizon they were read at: the next
+run reads only the customer rows written since (each row's version, `xmin`, says which transaction
+wrote it), puts them in place of their old versions, and counts the table to notice deletions (a
+count that differs reads everyone again). SQLite has no row versions: it reads every customer.
+
 Rows are assumed to arrive in time order. The watermark keeps how many orders were dated before the
 state's day and how many events fell in its 180-day window; when a recount differs (rows arrived
 late, or were deleted), the run recomputes everything and starts a new state. A run for an earlier
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import logging
 import zipfile
 import zlib
@@ -28,13 +34,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Float, cast, delete, func, select, update
+from sqlalchemy import Float, cast, delete, func, literal_column, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from infra.warehouse.bulk import utcnow
 from infra.warehouse.schema import events, feature_blocks, feature_watermark, orders
-from tasks.extract import (DAY_NS, ENGAGEMENT_TYPES, EVENT_COLUMNS, EVENT_SCAN_DAYS, ORDER_COLUMNS, Extract,
-                           _frame, _stamp, day_end, extract_all, extract_customers, has_events)
+from infra.warehouse.schema import customers as customers_table
+from tasks.extract import (CUSTOMER_COLUMNS, CUSTOMER_TEXT, DAY_NS, ENGAGEMENT_TYPES, EVENT_COLUMNS, EVENT_SCAN_DAYS, ORDER_COLUMNS,
+                           Extract, _frame, _stamp, customer_types, day_end, extract_all, extract_customers,
+                           has_events)
 
 log = logging.getLogger("lifecycle.incremental")
 NAME = "features"
@@ -55,6 +63,7 @@ class Mark:
     orders_before: int
     events_window: int
     written: dt.datetime | None = None  # when it was kept (read back only): tells two savings apart
+    customers_xid: int | None = None  # PostgreSQL: the kept customers hold every row written before it
 
 
 def extract_incremental(engine: Engine, as_of: dt.date, *, now: dt.datetime | None = None,
@@ -82,22 +91,25 @@ def extract_incremental(engine: Engine, as_of: dt.date, *, now: dt.datetime | No
             # faster than side by side (on two cores, 6.5 s against 8 s at a million customers).
             counted = pool.submit(_connected, engine, _counts, day_end(mark.as_of))
             with engine.connect() as conn:
-                customers = extract_customers(conn, as_of)
+                kept = None
                 try:
-                    o, e = _read_state(conn)
+                    o, e, kept = _read_state(conn)
                     if _read_mark(conn) != mark:  # the mark and its blocks are saved together, read apart
                         why = "another run kept a new state while this one read it"
                 except Damaged as exc:
                     why = f"the kept state is damaged, {exc}"
+                everyone, xid = _customers(conn, kept, mark.customers_xid) if why is None else (None, None)
+                customers = customers_at(everyone, as_of) if everyone is not None else extract_customers(conn, as_of)
                 if why is None and counted.result() != (mark.orders_before, mark.events_window):
                     why = "rows arrived late"
                 if why is None and mark.as_of < keep:
                     o, e, counts = _advance(conn, o, e, mark.as_of, keep, base=(mark.orders_before, mark.events_window))
                     if save:
+                        new = Mark(keep, *counts, customers_xid=xid if everyone is not None else None)
                         if background:
-                            _keep_later(_save_moved, engine, o, e, mark, Mark(keep, *counts))
+                            _keep_later(_save_moved, engine, o, e, everyone, mark, new)
                         else:
-                            _save_moved(engine, o, e, mark, Mark(keep, *counts))
+                            _save_moved(engine, o, e, everyone, mark, new)
                 if why is None and max(mark.as_of, keep) < as_of:
                     o, e, _ = _advance(conn, o, e, max(mark.as_of, keep), as_of)
     if why is not None:
@@ -301,11 +313,14 @@ def _read_mark(conn: Connection) -> Mark | None:
     if row is None:
         return None
     as_of = row["as_of"] if isinstance(row["as_of"], dt.date) else dt.date.fromisoformat(str(row["as_of"]))
-    return Mark(as_of, int(row["orders_before"]), int(row["events_window"]), row["updated_at"])
+    xid = row.get("customers_xid")
+    return Mark(as_of, int(row["orders_before"]), int(row["events_window"]), row["updated_at"],
+                int(xid) if xid is not None else None)
 
 
-def _read_state(conn: Connection) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The kept state: order aggregates of buyers and event aggregates of recent interactors."""
+def _read_state(conn: Connection) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """The kept state: order aggregates of buyers, event aggregates of recent interactors, and the
+    customers (PostgreSQL; None when none are kept)."""
     rows = conn.execute(select(feature_blocks.c.kind, feature_blocks.c.block, feature_blocks.c.data)
                         .order_by(feature_blocks.c.kind, feature_blocks.c.block)).all()
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="unpack") as pool:  # zlib and numpy release the GIL
@@ -313,7 +328,8 @@ def _read_state(conn: Connection) -> tuple[pd.DataFrame, pd.DataFrame]:
                     ORDER_COLUMNS)
         e = _concat(list(pool.map(lambda r: _unpack(*r, EVENT_COLUMNS), [r for r in rows if r[0] == "events"])),
                     EVENT_COLUMNS)
-    return o, e
+        c = list(pool.map(lambda r: _unpack_customers(*r), [r for r in rows if r[0] == "customers"]))
+    return o, e, (pd.concat(c, ignore_index=True) if len(c) > 1 else c[0]) if c else None
 
 
 def _concat(parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
@@ -347,14 +363,16 @@ def _unpack(kind: str, block: int, data: bytes, columns: list[str]) -> pd.DataFr
     return frame
 
 
-def _write_state(conn: Connection, o: pd.DataFrame, e: pd.DataFrame) -> None:
-    """Replace the kept state with these aggregates (within the caller's transaction)."""
+def _write_state(conn: Connection, o: pd.DataFrame, e: pd.DataFrame, c: pd.DataFrame | None = None) -> None:
+    """Replace the kept state with these aggregates and customers (within the caller's transaction)."""
+    kinds = [("orders", o[ORDER_COLUMNS]), ("events", e[EVENT_COLUMNS])]
+    if c is not None:
+        kinds.append(("customers", c[CUSTOMER_COLUMNS]))
     parts = [(kind, block, frame.iloc[start:start + BLOCK_CUSTOMERS])
-             for kind, frame in (("orders", o[ORDER_COLUMNS]), ("events", e[EVENT_COLUMNS]))
-             for block, start in enumerate(range(0, len(frame), BLOCK_CUSTOMERS))]
+             for kind, frame in kinds for block, start in enumerate(range(0, len(frame), BLOCK_CUSTOMERS))]
     deflate = conn.dialect.name != "sqlite"
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="pack") as pool:
-        packed = list(pool.map(lambda p: _pack(p[2], deflate), parts))
+        packed = list(pool.map(lambda p: (_pack_customers if p[0] == "customers" else _pack)(p[2], deflate), parts))
     conn.execute(delete(feature_blocks))
     for (kind, block, part), data in zip(parts, packed):
         conn.execute(feature_blocks.insert().values(
@@ -363,29 +381,131 @@ def _write_state(conn: Connection, o: pd.DataFrame, e: pd.DataFrame) -> None:
 
 
 def _save_full(engine: Engine, raw: Extract, old: Mark | None) -> None:
-    """Replace the state with a full extract's aggregates, in one transaction."""
+    """Replace the state with a full extract's aggregates (and, on PostgreSQL, every customer), in one
+    transaction."""
     events_frame = raw.events if raw.events is not None else pd.DataFrame(columns=EVENT_COLUMNS)
     with engine.begin() as conn:
+        everyone, xid = _customers(conn, None, None)
         counts = _counts(conn, day_end(raw.as_of))
-        _write_state(conn, raw.orders, events_frame)
-        _write_mark(conn, Mark(raw.as_of, *counts), old)
+        _write_state(conn, raw.orders, events_frame, everyone)
+        _write_mark(conn, Mark(raw.as_of, *counts, customers_xid=xid if everyone is not None else None), old)
 
 
-def _save_moved(engine: Engine, o: pd.DataFrame, e: pd.DataFrame, old: Mark, new: Mark) -> None:
+def _save_moved(engine: Engine, o: pd.DataFrame, e: pd.DataFrame, c: pd.DataFrame | None, old: Mark,
+                new: Mark) -> None:
     """Keep the moved state and watermark, unless another run moved the watermark first."""
     with engine.begin() as conn:
         moved = conn.execute(update(feature_watermark).where(
             feature_watermark.c.name == NAME, feature_watermark.c.as_of == old.as_of).values(
             as_of=new.as_of, orders_before=new.orders_before, events_window=new.events_window,
-            updated_at=utcnow())).rowcount
+            customers_xid=new.customers_xid, updated_at=utcnow())).rowcount
         if moved:  # else a concurrent run got there first: its state is as good as ours
-            _write_state(conn, o, e)
+            _write_state(conn, o, e, c)
 
 
 def _write_mark(conn: Connection, mark: Mark, old: Mark | None) -> None:
     values = {"as_of": mark.as_of, "orders_before": mark.orders_before, "events_window": mark.events_window,
-              "updated_at": utcnow()}
+              "customers_xid": mark.customers_xid, "updated_at": utcnow()}
     if old is None:
         conn.execute(feature_watermark.insert().values(name=NAME, **values))
     else:
         conn.execute(update(feature_watermark).where(feature_watermark.c.name == NAME).values(**values))
+
+
+# --- customers (PostgreSQL) -------------------------------------------------------------------------
+
+XID_SPAN = 2**31  # transactions between two runs beyond which a row's 32-bit xmin no longer tells
+
+
+def _customers(conn: Connection, kept: pd.DataFrame | None, since: int | None
+               ) -> tuple[pd.DataFrame | None, int | None]:
+    """Every customer (any sign-up date) as of now and the horizon to keep them at, on PostgreSQL:
+    the kept customers with the rows written since `since` put in place, or all of them read anew.
+    (None, None) elsewhere, or when the ids do not sort as Python sorts them (a collation that is
+    not byte order): the caller reads the customers as usual."""
+    if conn.dialect.name != "postgresql":
+        return None, None
+    snapshot = conn.execute(text("SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint "
+                                 "FROM pg_current_snapshot() AS s")).one()
+    horizon, now = int(snapshot[0]), int(snapshot[1])
+    merged = None
+    if kept is not None and since is not None and 0 <= now - since < XID_SPAN:
+        # a row's xmin is the low 32 bits of the transaction that wrote it; (now - xmin) mod 2^32 is
+        # its age, exact for anything younger than 2^31 transactions (older rows may read as young:
+        # read again, harmlessly). Rows written from `since` on are at most now - since old.
+        age = func.mod(literal_column(f"{now % 2**32 + 2**32}") - literal_column("xmin::text::bigint"), 2**32)
+        changed = extract_customers(conn, None, where=[age <= now - since])
+        merged = _merge_customers(kept, changed)
+        total = conn.execute(select(func.count()).select_from(customers_table)).scalar_one()
+        if merged is not None and len(merged) != total:  # customers were deleted: read them all
+            merged = None
+    if merged is None:
+        merged = extract_customers(conn, None)
+        if not merged["customer_id"].is_monotonic_increasing:
+            return None, None
+    return merged, horizon
+
+
+def customers_at(everyone: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:
+    """The customers signed up by the end of the as-of day, as extract_customers reads them."""
+    signed = (everyone["signed_up_at"] < pd.Timestamp(day_end(as_of))).to_numpy()
+    return everyone if signed.all() else everyone[signed].reset_index(drop=True)
+
+
+def _merge_customers(kept: pd.DataFrame, changed: pd.DataFrame) -> pd.DataFrame | None:
+    """The kept customers with `changed` (new versions and new customers) in place, in id order."""
+    if changed.empty:
+        return kept
+    changed = changed.sort_values("customer_id", ignore_index=True)
+    new_ids = changed["customer_id"].to_numpy(dtype=object)
+    if not pd.Index(new_ids).is_unique:
+        return None
+    # a hash of the few changed ids, probed by every kept one (not a hash of every kept id)
+    rest = kept[pd.Index(new_ids).get_indexer(kept["customer_id"].to_numpy(dtype=object)) < 0]
+    rest_ids = rest["customer_id"].to_numpy(dtype=object)
+    at = np.searchsorted(rest_ids, new_ids)  # insertion points, ascending as new_ids are
+    where = np.empty(len(rest) + len(changed), dtype=np.int64)
+    where[np.arange(len(rest)) + np.searchsorted(at, np.arange(len(rest)), side="right")] = np.arange(len(rest))
+    where[at + np.arange(len(changed))] = len(rest) + np.arange(len(changed))
+    both = pd.concat([rest, changed], ignore_index=True)
+    return customer_types(both.take(where).reset_index(drop=True))
+
+
+def _pack_customers(frame: pd.DataFrame, deflate: bool) -> bytes:
+    """Customers as an .npz: numbers and times as arrays, each text column as its values joined by
+    NUL (which PostgreSQL text never holds) with a mask of the missing ones, so a long name costs its
+    own length, not every row's."""
+    arrays: dict[str, np.ndarray] = {}
+    for c in frame.columns:
+        col = frame[c]
+        if c in CUSTOMER_TEXT:
+            arrays[f"{c}.missing"] = col.isna().to_numpy()
+            joined = "\0".join(col.to_numpy(dtype=object, na_value=""))
+            arrays[c] = np.frombuffer(joined.encode("utf-8"), dtype=np.uint8)
+        else:
+            arrays[c] = col.to_numpy()
+    arrays["rows"] = np.array([len(frame)])
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return zlib.compress(out.getvalue(), 1) if deflate else out.getvalue()
+
+
+def _unpack_customers(kind: str, block: int, data: bytes) -> pd.DataFrame:
+    try:
+        plain = bytes(data[:4]) == b"PK\x03\x04"
+        with np.load(io.BytesIO(data if plain else zlib.decompress(data)), allow_pickle=False) as npz:
+            rows = int(npz["rows"][0])
+            columns = {}
+            for c in CUSTOMER_COLUMNS:
+                if c in CUSTOMER_TEXT:
+                    values = np.array(npz[c].tobytes().decode("utf-8").split("\0") if rows else [], dtype=object)
+                    missing = npz[f"{c}.missing"]
+                    if len(values) != rows or len(missing) != rows:
+                        raise ValueError(f"{c}: {len(values)} values for {rows} customers")
+                    values[missing] = None
+                    columns[c] = pd.Series(values, dtype="str")
+                else:
+                    columns[c] = npz[c]
+    except (zlib.error, ValueError, KeyError, OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+        raise Damaged(f"{kind} block {block}: {exc}") from exc
+    return customer_types(pd.DataFrame(columns))

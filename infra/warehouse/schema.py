@@ -168,7 +168,7 @@ event_watermarks = Table(
 feature_blocks = Table(
     "feature_blocks",
     metadata,
-    Column("kind", String(16), primary_key=True),  # "orders" (buyers) or "events" (recent interactors)
+    Column("kind", String(16), primary_key=True),  # "orders" (buyers), "events" (recent interactors), "customers"
     Column("block", Integer, primary_key=True, autoincrement=False),
     Column("first_customer", String(64), nullable=False),
     Column("last_customer", String(64), nullable=False),
@@ -185,6 +185,8 @@ feature_watermark = Table(
     Column("orders_before", BigInteger, nullable=False),  # orders dated before the end of as_of
     Column("events_window", BigInteger, nullable=False),  # events in the 180 days up to the end of as_of
     Column("updated_at", DateTime, nullable=False),
+    # PostgreSQL: the oldest transaction still open when the kept customers were read (NULL: none kept)
+    Column("customers_xid", BigInteger, nullable=True),
 )
 
 # Customers nobody may message: complaints, hard bounces, manual blocks. `channel` is a consent

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select, update
 
 from infra.warehouse.schema import feature_blocks, feature_watermark, orders
-from tasks.extract import extract_all
+from tasks.extract import extract_all, extract_customers
 from tasks.features import build_features
 from tasks import incremental
 from tasks.incremental import extract_incremental
@@ -179,11 +179,11 @@ def test_a_state_kept_in_the_background_is_complete_before_the_next_read(world, 
     write = incremental._write_state
     started = []
 
-    def slow_write(conn, o, e):
+    def slow_write(conn, o, e, c=None):
         started.append(True)
         import time
         time.sleep(0.5)
-        write(conn, o, e)
+        write(conn, o, e, c)
 
     monkeypatch.setattr(incremental, "_write_state", slow_write)
     raw, how = extract_incremental(world, END, background=True)
@@ -196,7 +196,7 @@ def test_a_state_kept_in_the_background_is_complete_before_the_next_read(world, 
 def test_a_background_save_that_fails_leaves_the_old_state_and_the_next_run_moves_it_on(world, monkeypatch, caplog):
     extract_incremental(world, END - dt.timedelta(days=2))
 
-    def broken(conn, o, e):
+    def broken(conn, o, e, c=None):
         raise OSError("disk full")
 
     monkeypatch.setattr(incremental, "_write_state", broken)
@@ -208,3 +208,70 @@ def test_a_background_save_that_fails_leaves_the_old_state_and_the_next_run_move
     raw, how = extract_incremental(world, END)
     assert how == "advanced"
     _same_as_full(world, raw, END)
+
+
+def _customers_read(monkeypatch) -> list[int]:
+    """How many customer rows each read of the customers table returned."""
+    sizes, real = [], incremental.extract_customers
+
+    def counting(*args, **kwargs):
+        frame = real(*args, **kwargs)
+        sizes.append(len(frame))
+        return frame
+
+    monkeypatch.setattr(incremental, "extract_customers", counting)
+    return sizes
+
+
+def test_on_postgresql_the_next_run_reads_only_the_customers_written_since(pg_url, monkeypatch):
+    from sqlalchemy import delete as sql_delete, insert
+
+    from infra.warehouse.schema import customers
+
+    engine = make_world(pg_url, customers=800, seed=8)
+    extract_incremental(engine, END - dt.timedelta(days=2))
+    with engine.connect() as conn:
+        kinds = set(conn.execute(select(feature_blocks.c.kind)).scalars())
+        xid = conn.execute(select(feature_watermark.c.customers_xid)).scalar_one()
+        ids = list(conn.execute(select(customers.c.customer_id).order_by(customers.c.customer_id)).scalars())
+    assert kinds == {"orders", "events", "customers"} and xid is not None
+
+    with engine.begin() as conn:  # a tier change, a name removed, a sign-up moved past the day, a new customer
+        conn.execute(update(customers).where(customers.c.customer_id == ids[3]).values(member_tier="gold", points=99))
+        conn.execute(update(customers).where(customers.c.customer_id == ids[5]).values(first_name=None))
+        conn.execute(update(customers).where(customers.c.customer_id == ids[7]).values(
+            signed_up_at=dt.datetime.combine(END + dt.timedelta(days=5), dt.time())))
+        conn.execute(insert(customers).values(customer_id=ids[10] + "a", signed_up_at=dt.datetime(2025, 1, 1),
+                                              timezone="Asia/Shanghai", member_tier="silver", points=5,
+                                              first_name="Ning"))
+    sizes = _customers_read(monkeypatch)
+    raw, how = extract_incremental(engine, END - dt.timedelta(days=1))
+    assert how == "advanced" and sizes == [4], sizes  # the four rows written since, not 801
+    with engine.connect() as conn:  # the customers as a full read gives them, row for row and type for type
+        pd.testing.assert_frame_equal(raw.customers, extract_customers(conn, raw.as_of), check_exact=True)
+    _same_as_full(engine, raw, END - dt.timedelta(days=1))
+    assert ids[10] + "a" in set(raw.customers["customer_id"]) and ids[7] not in set(raw.customers["customer_id"])
+
+    with engine.begin() as conn:  # a customer erased: the count tells, and everyone is read again
+        conn.execute(sql_delete(customers).where(customers.c.customer_id == ids[20]))
+    sizes.clear()
+    raw, how = extract_incremental(engine, END)
+    assert how == "advanced" and sizes == [0, 800], sizes
+    assert ids[20] not in set(raw.customers["customer_id"])
+    _same_as_full(engine, raw, END)
+
+
+def test_a_state_kept_without_customers_reads_them_all_once_then_keeps_them(pg_url, monkeypatch):
+    engine = make_world(pg_url, customers=800, seed=8)
+    extract_incremental(engine, END - dt.timedelta(days=2))
+    with engine.begin() as conn:  # as a state kept before customers were: no customer blocks, no horizon
+        conn.execute(feature_blocks.delete().where(feature_blocks.c.kind == "customers"))
+        conn.execute(update(feature_watermark).values(customers_xid=None))
+    sizes = _customers_read(monkeypatch)
+    raw, how = extract_incremental(engine, END - dt.timedelta(days=1))
+    assert how == "advanced" and sizes == [800]
+    _same_as_full(engine, raw, END - dt.timedelta(days=1))
+    sizes.clear()
+    raw, how = extract_incremental(engine, END)
+    assert how == "advanced" and sizes == [0]
+    _same_as_full(engine, raw, END)
