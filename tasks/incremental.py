@@ -472,19 +472,18 @@ def _merge_customers(kept: pd.DataFrame, changed: pd.DataFrame) -> pd.DataFrame 
 
 
 def _pack_customers(frame: pd.DataFrame, deflate: bool) -> bytes:
-    """Customers as an .npz: numbers and times as arrays, each text column as its values joined by
-    NUL (which PostgreSQL text never holds) with a mask of the missing ones, so a long name costs its
-    own length, not every row's."""
-    arrays: dict[str, np.ndarray] = {}
+    """Customers as an .npz: numbers and times as arrays; each text column as codes into its distinct
+    values, joined by NUL (which PostgreSQL text never holds): a long name costs its own length, not
+    every row's, and a time zone or tier is stored once per block, not once per customer."""
+    arrays: dict[str, np.ndarray] = {"rows": np.array([len(frame)])}
     for c in frame.columns:
-        col = frame[c]
         if c in CUSTOMER_TEXT:
-            arrays[f"{c}.missing"] = col.isna().to_numpy()
-            joined = "\0".join(col.to_numpy(dtype=object, na_value=""))
-            arrays[c] = np.frombuffer(joined.encode("utf-8"), dtype=np.uint8)
+            codes, uniques = pd.factorize(frame[c].to_numpy(dtype=object, na_value=None))
+            arrays[f"{c}.codes"] = codes.astype(np.int32)
+            arrays[c] = np.frombuffer("\0".join(uniques).encode("utf-8"), dtype=np.uint8)
+            arrays[f"{c}.distinct"] = np.array([len(uniques)])
         else:
-            arrays[c] = col.to_numpy()
-    arrays["rows"] = np.array([len(frame)])
+            arrays[c] = frame[c].to_numpy()
     out = io.BytesIO()
     np.savez(out, **arrays)
     return zlib.compress(out.getvalue(), 1) if deflate else out.getvalue()
@@ -498,14 +497,17 @@ def _unpack_customers(kind: str, block: int, data: bytes) -> pd.DataFrame:
             columns = {}
             for c in CUSTOMER_COLUMNS:
                 if c in CUSTOMER_TEXT:
-                    values = np.array(npz[c].tobytes().decode("utf-8").split("\0") if rows else [], dtype=object)
-                    missing = npz[f"{c}.missing"]
-                    if len(values) != rows or len(missing) != rows:
-                        raise ValueError(f"{c}: {len(values)} values for {rows} customers")
-                    values[missing] = None
-                    columns[c] = pd.Series(values, dtype="str")
+                    n = int(npz[f"{c}.distinct"][0])
+                    uniques = npz[c].tobytes().decode("utf-8").split("\0") if n else []
+                    codes = npz[f"{c}.codes"].astype(np.intp)
+                    if len(uniques) != n or len(codes) != rows or (rows and (codes.max() >= n or codes.min() < -1)):
+                        raise ValueError(f"{c}: codes out of range of {n} values")
+                    # str values made once per distinct value, then taken (missing: code -1)
+                    columns[c] = pd.array(uniques, dtype="str").take(codes, allow_fill=True)
                 else:
                     columns[c] = npz[c]
+                    if len(columns[c]) != rows:
+                        raise ValueError(f"{c}: {len(columns[c])} values for {rows} customers")
     except (zlib.error, ValueError, KeyError, OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
         raise Damaged(f"{kind} block {block}: {exc}") from exc
     return customer_types(pd.DataFrame(columns))
