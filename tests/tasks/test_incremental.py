@@ -275,3 +275,26 @@ def test_a_state_kept_without_customers_reads_them_all_once_then_keeps_them(pg_u
     raw, how = extract_incremental(engine, END)
     assert how == "advanced" and sizes == [0]
     _same_as_full(engine, raw, END)
+
+
+def test_a_damaged_customers_block_is_recomputed_not_trusted(pg_url):
+    import io
+    import zlib
+
+    import numpy as np
+
+    engine = make_world(pg_url, customers=800, seed=8)
+    extract_incremental(engine, END - dt.timedelta(days=1))
+    with engine.connect() as conn:
+        data = conn.execute(select(feature_blocks.c.data).where(feature_blocks.c.kind == "customers")).scalar_one()
+    with np.load(io.BytesIO(zlib.decompress(data)), allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["timezone.codes"] = arrays["timezone.codes"] + 50  # codes pointing past the stored values
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    with engine.begin() as conn:
+        conn.execute(update(feature_blocks).where(feature_blocks.c.kind == "customers")
+                     .values(data=zlib.compress(out.getvalue())))
+    raw, how = extract_incremental(engine, END)
+    assert how.startswith("full (the kept state is damaged, customers block 0: timezone: codes out of range")
+    _same_as_full(engine, raw, END)
