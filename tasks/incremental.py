@@ -106,9 +106,9 @@ def extract_incremental(engine: Engine, as_of: dt.date, *, now: dt.datetime | No
                     if save:
                         new = Mark(keep, *counts, customers_xid=xid)
                         if background:
-                            _keep_later(_save_moved, engine, o, e, everyone, mark, new)
+                            _keep_later(_save_moved, engine, o, e, _keepable(everyone, xid), mark, new)
                         else:
-                            _save_moved(engine, o, e, everyone, mark, new)
+                            _save_moved(engine, o, e, _keepable(everyone, xid), mark, new)
                 if why is None and max(mark.as_of, keep) < as_of:
                     o, e, _ = _advance(conn, o, e, max(mark.as_of, keep), as_of)
     if why is not None:
@@ -386,7 +386,7 @@ def _save_full(engine: Engine, raw: Extract, old: Mark | None) -> None:
     with engine.begin() as conn:
         everyone, xid = _customers(conn, None, None)
         counts = _counts(conn, day_end(raw.as_of))
-        _write_state(conn, raw.orders, events_frame, everyone)
+        _write_state(conn, raw.orders, events_frame, _keepable(everyone, xid))
         _write_mark(conn, Mark(raw.as_of, *counts, customers_xid=xid), old)
 
 
@@ -420,8 +420,9 @@ def _customers(conn: Connection, kept: pd.DataFrame | None, since: int | None
                ) -> tuple[pd.DataFrame | None, int | None]:
     """Every customer (any sign-up date) as of now and the horizon to keep them at, on PostgreSQL:
     the kept customers with the rows written since `since` put in place, or all of them read anew.
-    (None, None) elsewhere, or when the ids do not sort as Python sorts them (a collation that is
-    not byte order): the caller reads the customers as usual."""
+    The horizon is None when they cannot be kept: their ids do not sort as Python sorts them (a
+    collation that is not byte order), so rows written later could not be put in place. (None, None)
+    elsewhere: the caller reads the customers as usual."""
     if conn.dialect.name != "postgresql":
         return None, None
     snapshot = conn.execute(text("SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint "
@@ -441,8 +442,12 @@ def _customers(conn: Connection, kept: pd.DataFrame | None, since: int | None
     if merged is None:
         merged = extract_customers(conn, None)
         if not merged["customer_id"].is_monotonic_increasing:
-            return None, None
+            return merged, None
     return merged, horizon
+
+
+def _keepable(everyone: pd.DataFrame | None, xid: int | None) -> pd.DataFrame | None:
+    return everyone if xid is not None else None
 
 
 def customers_at(everyone: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:

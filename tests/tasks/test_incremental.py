@@ -298,3 +298,25 @@ def test_a_damaged_customers_block_is_recomputed_not_trusted(pg_url):
     raw, how = extract_incremental(engine, END)
     assert how.startswith("full (the kept state is damaged, customers block 0: timezone: codes out of range")
     _same_as_full(engine, raw, END)
+
+
+def test_customers_whose_ids_the_database_sorts_otherwise_are_read_each_run_not_kept(pg_url, monkeypatch):
+    """Under a linguistic collation 'b-1' sorts after 'b1' (PostgreSQL) but before it (Python): rows
+    written later could not be put in place, so the customers are read whole each run, once."""
+    from sqlalchemy import insert, text
+
+    from infra.warehouse.schema import customers
+
+    engine = make_world(pg_url, customers=300, seed=8)
+    with engine.begin() as conn:
+        conn.execute(text('ALTER TABLE customers ALTER COLUMN customer_id TYPE varchar(64) COLLATE "en-US-x-icu"'))
+        conn.execute(insert(customers), [{"customer_id": c, "signed_up_at": dt.datetime(2025, 1, 1),
+                                          "timezone": "UTC", "points": 1} for c in ("b1", "b-1", "B2")])
+    extract_incremental(engine, END - dt.timedelta(days=1))
+    with engine.connect() as conn:
+        assert conn.execute(select(feature_watermark.c.customers_xid)).scalar_one() is None
+        assert "customers" not in set(conn.execute(select(feature_blocks.c.kind)).scalars())
+    sizes = _customers_read(monkeypatch)
+    raw, how = extract_incremental(engine, END)
+    assert how == "advanced" and sizes == [303]
+    _same_as_full(engine, raw, END)
