@@ -24,7 +24,7 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Date, DateTime, Integer, String, and_, case, exists, false, func, literal, null, select, update
+from sqlalchemy import Date, DateTime, Integer, String, and_, case, cast, exists, func, literal, null, select, update
 from sqlalchemy.engine import Engine
 
 from flows.plan import FollowUpPlan, Plan, SegmentPlan
@@ -79,13 +79,15 @@ def enter(engine: Engine, plan: Plan, as_of: dt.date) -> int:
     t, j = touches.c, journeys.c
     held, reaching = t.status == "held_out", t.status.in_(REACHING)
     state = case((held, "held_out"), (reaching, "active" if first is not None else "done"), else_="exited")
-    ahead = reaching if first is not None else false()
+    if first is not None:  # the touched wait for their first follow-up
+        next_step = case((reaching, literal(first, Integer())), else_=null())
+        next_due = case((reaching, literal(due, Date())), else_=null())
+    else:  # typed NULLs: PostgreSQL takes an untyped one for text
+        next_step, next_due = cast(null(), Integer()), cast(null(), Date())
     rows = select(
         t.customer_id, t.segment, literal(plan.name, String()), literal(as_of, Date()),
-        literal(plan.plan_hash, String()), literal(plan.version, Integer()),
-        case((held, "holdout"), else_="treated"), state,
-        case((ahead, literal(first, Integer())), else_=null()),
-        case((ahead, literal(due, Date())), else_=null()),
+        literal(plan.plan_hash, String()), literal(str(plan.version), String()),
+        case((held, "holdout"), else_="treated"), state, next_step, next_due,
         literal(utcnow(), DateTime()),
     ).where(t.playbook == plan.name, t.plan_hash == plan.plan_hash, t.as_of == as_of, t.step == "main")
     columns = [j.customer_id, j.segment, j.playbook, j.entered_on, j.plan_hash, j.playbook_version, j.arm, j.state,

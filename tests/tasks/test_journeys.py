@@ -215,3 +215,10 @@ def test_customers_the_run_could_not_reach_enter_too_and_wait_like_the_held_out(
     assert jr.enter(engine, plan, D0) == 0
     with engine.connect() as conn:
         assert conn.execute(select(journeys.c.customer_id)).all() == before
+
+
+def test_a_playbook_without_follow_ups_enters_everyone_with_nothing_ahead(engine, tmp_path):
+    plan = make_plan(tmp_path).model_copy(update={"follow_ups": ()})
+    main_step(engine, plan, D0, [*IDS, "C5"])  # C5 never consented: not reached
+    got = states(engine)
+    assert {c: s for c, s in got.items()} == {**{c: ("done", None, None) for c in IDS}, "C5": ("exited", None, None)}
