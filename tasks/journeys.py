@@ -28,7 +28,7 @@ from sqlalchemy import Date, DateTime, Integer, String, and_, case, cast, exists
 from sqlalchemy.engine import Engine
 
 from flows.plan import FollowUpPlan, Plan, SegmentPlan
-from infra.warehouse.bulk import among, chunks, fetch_frame, insert_ignore, insert_select_ignore, utcnow
+from infra.warehouse.bulk import among, chunks, fetch_frame, insert_ignore, insert_select_ignore, lookup, utcnow
 from infra.warehouse.schema import events, journeys, orders, plans, touches
 
 REACHING = ("planned", "sent", "deferred")  # the main touch is out or on its way
@@ -54,18 +54,15 @@ def kept_out(engine: Engine, ids: pd.Index, plan: Plan, as_of: dt.date) -> np.nd
     if mode == "every_time" or not len(ids):
         return np.zeros(len(ids), dtype=bool)
     j = journeys.c
-    found = []
-    with engine.connect() as conn:
-        if mode == "once":  # anyone who ever entered: looked up for these customers only
-            for part in chunks(ids.to_numpy(dtype=object)):
-                found.append(fetch_frame(conn, select(j.customer_id).distinct().where(
-                    j.playbook == plan.name, among(j.customer_id, part), j.entered_on < as_of), ["customer_id"]))
-        else:  # those who entered in the last `days`: one range read (ix_journeys_entered)
-            cutoff = as_of - dt.timedelta(days=plan.reentry.days or 0)
-            found.append(fetch_frame(conn, select(j.customer_id).distinct().where(
-                j.playbook == plan.name, j.entered_on > cutoff, j.entered_on < as_of), ["customer_id"]))
-    entered = pd.concat(found, ignore_index=True)["customer_id"] if found else pd.Series(dtype=object)
-    return ids.isin(entered.to_numpy(dtype=object))
+    if mode == "once":  # anyone who ever entered: looked up for these customers only
+        entered = lookup(engine, ids.to_numpy(dtype=object), j.customer_id, lambda within: select(j.customer_id)
+                         .distinct().where(j.playbook == plan.name, within, j.entered_on < as_of), ["customer_id"])
+    else:  # those who entered in the last `days`: one range read (ix_journeys_entered)
+        cutoff = as_of - dt.timedelta(days=plan.reentry.days or 0)
+        with engine.connect() as conn:
+            entered = fetch_frame(conn, select(j.customer_id).distinct().where(
+                j.playbook == plan.name, j.entered_on > cutoff, j.entered_on < as_of), ["customer_id"])
+    return ids.isin(entered["customer_id"].to_numpy(dtype=object))
 
 
 def enter(engine: Engine, plan: Plan, as_of: dt.date) -> int:
