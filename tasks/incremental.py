@@ -28,7 +28,9 @@ import io
 import logging
 import zipfile
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,12 +117,12 @@ def extract_incremental(engine: Engine, as_of: dt.date, *, now: dt.datetime | No
         if not save or (mark is not None and mark.as_of > keep):
             return extract_all(engine, as_of), f"full ({why})"
         base = extract_all(engine, keep)  # today not over (keep < as_of): aggregate once, at yesterday
-        _save_full(engine, base, mark)
+        everyone = _save_full(engine, base, mark)
         if keep == as_of:
             return base, f"full ({why})"
         events_frame = base.events if base.events is not None else pd.DataFrame(columns=EVENT_COLUMNS)
         with engine.connect() as conn:
-            customers = extract_customers(conn, as_of)
+            customers = customers_at(everyone, as_of) if everyone is not None else extract_customers(conn, as_of)
             o, e, _ = _advance(conn, base.orders, events_frame, keep, as_of)
         return Extract(as_of, customers, o, e if with_events else None), f"full ({why})"
     return Extract(as_of, customers, o, e if with_events else None), "kept" if mark.as_of == as_of else "advanced"
@@ -328,7 +330,7 @@ def _read_state(conn: Connection) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
         e = _concat(list(pool.map(lambda r: _unpack(*r, EVENT_COLUMNS), [r for r in rows if r[0] == "events"])),
                     EVENT_COLUMNS)
         c = list(pool.map(lambda r: _unpack_customers(*r), [r for r in rows if r[0] == "customers"]))
-    return o, e, (pd.concat(c, ignore_index=True) if len(c) > 1 else c[0]) if c else None
+    return o, e, _concat(c, CUSTOMER_COLUMNS) if c else None
 
 
 def _concat(parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
@@ -350,14 +352,23 @@ def _pack(frame: pd.DataFrame, deflate: bool) -> bytes:
     return zlib.compress(out.getvalue(), 1) if deflate else out.getvalue()
 
 
-def _unpack(kind: str, block: int, data: bytes, columns: list[str]) -> pd.DataFrame:
-    """A stored block back as a frame; never unpickles (allow_pickle=False), so stored bytes cannot run code."""
+@contextmanager
+def _opened(kind: str, block: int, data: bytes) -> Iterator:
+    """A stored block's .npz, deflated or not; never unpickles (allow_pickle=False), so stored bytes
+    cannot run code. Whatever cannot be read in it (np.load's complaints, or the block's own checks
+    raising ValueError) is Damaged."""
     try:
         plain = bytes(data[:4]) == b"PK\x03\x04"  # an .npz (a zip) as it is, else deflated
         with np.load(io.BytesIO(data if plain else zlib.decompress(data)), allow_pickle=False) as npz:
-            frame = pd.DataFrame({c: npz[c] for c in columns})
-    except (zlib.error, ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:  # np.load's complaints
+            yield npz
+    except (zlib.error, ValueError, KeyError, OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
         raise Damaged(f"{kind} block {block}: {exc}") from exc
+
+
+def _unpack(kind: str, block: int, data: bytes, columns: list[str]) -> pd.DataFrame:
+    """A stored block of aggregates back as a frame."""
+    with _opened(kind, block, data) as npz:
+        frame = pd.DataFrame({c: npz[c] for c in columns})
     frame["customer_id"] = frame["customer_id"].astype(object)
     return frame
 
@@ -379,15 +390,16 @@ def _write_state(conn: Connection, o: pd.DataFrame, e: pd.DataFrame, c: pd.DataF
             last_customer=str(part["customer_id"].iloc[-1]), customers=len(part), data=data))
 
 
-def _save_full(engine: Engine, raw: Extract, old: Mark | None) -> None:
+def _save_full(engine: Engine, raw: Extract, old: Mark | None) -> pd.DataFrame | None:
     """Replace the state with a full extract's aggregates (and, on PostgreSQL, every customer), in one
-    transaction."""
+    transaction; returns every customer as read for it (None where they are not read: SQLite)."""
     events_frame = raw.events if raw.events is not None else pd.DataFrame(columns=EVENT_COLUMNS)
     with engine.begin() as conn:
         everyone, xid = _customers(conn, None, None)
         counts = _counts(conn, day_end(raw.as_of))
         _write_state(conn, raw.orders, events_frame, _keepable(everyone, xid))
         _write_mark(conn, Mark(raw.as_of, *counts, customers_xid=xid), old)
+    return everyone
 
 
 def _save_moved(engine: Engine, o: pd.DataFrame, e: pd.DataFrame, c: pd.DataFrame | None, old: Mark,
@@ -494,24 +506,20 @@ def _pack_customers(frame: pd.DataFrame, deflate: bool) -> bytes:
 
 
 def _unpack_customers(kind: str, block: int, data: bytes) -> pd.DataFrame:
-    try:
-        plain = bytes(data[:4]) == b"PK\x03\x04"
-        with np.load(io.BytesIO(data if plain else zlib.decompress(data)), allow_pickle=False) as npz:
-            rows = int(npz["rows"][0])
-            columns = {}
-            for c in CUSTOMER_COLUMNS:
-                if c in CUSTOMER_TEXT:
-                    n = int(npz[f"{c}.distinct"][0])
-                    uniques = npz[c].tobytes().decode("utf-8").split("\0") if n else []
-                    codes = npz[f"{c}.codes"].astype(np.intp)
-                    if len(uniques) != n or len(codes) != rows or (rows and (codes.max() >= n or codes.min() < -1)):
-                        raise ValueError(f"{c}: codes out of range of {n} values")
-                    # str values made once per distinct value, then taken (missing: code -1)
-                    columns[c] = pd.array(uniques, dtype="str").take(codes, allow_fill=True)
-                else:
-                    columns[c] = npz[c]
-                    if len(columns[c]) != rows:
-                        raise ValueError(f"{c}: {len(columns[c])} values for {rows} customers")
-    except (zlib.error, ValueError, KeyError, OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
-        raise Damaged(f"{kind} block {block}: {exc}") from exc
+    with _opened(kind, block, data) as npz:
+        rows = int(npz["rows"][0])
+        columns = {}
+        for c in CUSTOMER_COLUMNS:
+            if c in CUSTOMER_TEXT:
+                n = int(npz[f"{c}.distinct"][0])
+                uniques = npz[c].tobytes().decode("utf-8").split("\0") if n else []
+                codes = npz[f"{c}.codes"].astype(np.intp)
+                if len(uniques) != n or len(codes) != rows or (rows and (codes.max() >= n or codes.min() < -1)):
+                    raise ValueError(f"{c}: codes out of range of {n} values")
+                # str values made once per distinct value, then taken (missing: code -1)
+                columns[c] = pd.array(uniques, dtype="str").take(codes, allow_fill=True)
+            else:
+                columns[c] = npz[c]
+                if len(columns[c]) != rows:
+                    raise ValueError(f"{c}: {len(columns[c])} values for {rows} customers")
     return customer_types(pd.DataFrame(columns))
