@@ -55,6 +55,9 @@ Config, command line, run:
                                    L509 too little randomised history for uplift
                                                                   L603 a run step failed; its
                                                                        dependents were skipped
+                                                                  L604 channel misconfigured
+                                                                       (redirect, credentials, url)
+                                                                  L605 a channel broke off (a bug)
 """
 
 from __future__ import annotations
