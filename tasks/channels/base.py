@@ -285,6 +285,14 @@ async def send_concurrently(rows: list[dict[str, Any]], config: ChannelConfig, p
                     out.undelivered.append(key)
                 except Exception as exc:  # noqa: BLE001 - this message's failure, never the batch's
                     out.failed[key] = unexpected(exc)
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:  # an interrupt: the others stop, then it goes on from here
+                    interrupts.append(exc)
+                    out.stop(f"interrupted ({type(exc).__name__})")
 
+        interrupts: list[BaseException] = []
         await asyncio.gather(*(one(r) for r in rows))
+        if interrupts:
+            raise interrupts[0]
     return out
