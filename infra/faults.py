@@ -1,5 +1,6 @@
 """Crash injection for the fault-injection tests: `crash_point(name)` kills this process (SIGKILL, no
-cleanup) the n-th time `name` is reached when LIFECYCLE_TEST_CRASH_AT is `name:n`.
+cleanup) the n-th time `name` is reached when LIFECYCLE_TEST_CRASH_AT is `name:n`; `name:n:TERM` sends
+SIGTERM instead (what a worker's cancellation or `kill` sends: the run may clean up).
 
 The points sit where a kill would hurt most: while the ledger is written, between a claim and the send,
 in the middle of a batch, while it is marked, while journeys are entered and while the feature state is
@@ -23,11 +24,14 @@ def crash_point(name: str) -> None:
     spec = os.environ.get(CRASH_ENV)
     if not spec:
         return
+    how = signal.SIGKILL
+    if spec.endswith(":TERM"):
+        spec, how = spec[: -len(":TERM")], signal.SIGTERM
     point, sep, nth = spec.rpartition(":")
     if not sep or not nth.isdigit():
         point, nth = spec, "1"
     if point != name:
         return
     _seen[name] = _seen.get(name, 0) + 1
-    if _seen[name] >= int(nth):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _seen[name] == int(nth):
+        os.kill(os.getpid(), how)

@@ -264,17 +264,21 @@ class Marker:
     def __exit__(self, *exc: object) -> None:
         self.stopped.set()
         self.thread.join()
+        self._flush()  # the batch's last deliveries, before anything else can happen to this process
 
     def _loop(self) -> None:
         while not self.stopped.wait(self.FLUSH_SECONDS):
-            sent = self.delivery.sent[self.done:]  # the channel only appends
-            if not sent:
-                continue
-            try:
-                mark_sent(self.engine, self.token, sent)
-                self.done += len(sent)
-            except Exception:  # noqa: BLE001 - `finish` marks them after the batch
-                log.debug("interim marking failed; the batch's finish marks them", exc_info=True)
+            self._flush()
+
+    def _flush(self) -> None:
+        sent = self.delivery.sent[self.done:]  # the channel only appends
+        if not sent:
+            return
+        try:
+            mark_sent(self.engine, self.token, sent)
+            self.done += len(sent)
+        except Exception:  # noqa: BLE001 - `finish` marks them after the batch
+            log.debug("interim marking failed; the batch's finish marks them", exc_info=True)
 
 
 def mark_sent(engine: Engine, token: str, keys: Sequence[str]) -> None:

@@ -38,6 +38,7 @@ class FakeHTTP:
         self.fault: tuple[str, int] | None = None
         self.requests = 0  # message requests seen (gettoken excluded)
         self.accepted: list[str] = []
+        self.log: list[tuple[float, str]] = []  # (time.monotonic(), who) per accepted message
         self.bad: list[str] = []  # requests a real API would have refused as malformed
         fake = self
 
@@ -89,6 +90,7 @@ class FakeHTTP:
                     kind = fake.fault[0] if fake.fault and fake.fault[1] == fake.requests else None
                     if kind is None or kind in ACCEPTED:
                         fake.accepted.append(who)
+                        fake.log.append((time.monotonic(), who))
                 wecom = url.path != "/send"
                 ok_body = json.dumps({"errcode": 0, "errmsg": "ok", "fail_list": [], "msgid": "m"}).encode()
                 if kind is None:
@@ -133,7 +135,7 @@ class FakeHTTP:
 
     def reset(self, fault: tuple[str, int] | None = None) -> None:
         with self.lock:
-            self.fault, self.requests, self.accepted, self.bad = fault, 0, [], []
+            self.fault, self.requests, self.accepted, self.log, self.bad = fault, 0, [], [], []
 
     def heal(self) -> None:
         with self.lock:
@@ -155,6 +157,7 @@ class _SMTPHandler:
             kind = fake.fault[0] if fake.fault and fake.fault[1] == fake.requests else None
             if kind in ACCEPTED or kind in (None, "slow"):
                 fake.accepted.extend(envelope.rcpt_tos)
+                fake.log.extend((time.monotonic(), to) for to in envelope.rcpt_tos)
         if kind == "reject_451":
             return "451 4.3.0 try again later"
         if kind == "reject_554":
@@ -176,6 +179,7 @@ class FakeSMTP:
         self.fault: tuple[str, int] | None = None
         self.requests = 0
         self.accepted: list[str] = []
+        self.log: list[tuple[float, str]] = []
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -184,7 +188,7 @@ class FakeSMTP:
 
     def reset(self, fault: tuple[str, int] | None = None) -> None:
         with self.lock:
-            self.fault, self.requests, self.accepted = fault, 0, []
+            self.fault, self.requests, self.accepted, self.log = fault, 0, [], []
 
     def heal(self) -> None:
         with self.lock:
