@@ -58,6 +58,8 @@ Config, command line, run:
                                                                   L604 channel misconfigured
                                                                        (redirect, credentials, url)
                                                                   L605 a channel broke off (a bug)
+                                                                  L606 the ledger stopped answering
+                                                                       mid-send: the channel stops
 """
 
 from __future__ import annotations

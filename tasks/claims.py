@@ -247,7 +247,8 @@ class Claimer:
 class Marker:
     """While a channel sends a batch, marks what it has delivered `sent` every FLUSH_SECONDS, so a process
     killed mid-batch repeats only the last moments' deliveries and the requests in flight, not the batch.
-    `finish` records the rest (and anything a failed flush missed) when the batch is done."""
+    When the ledger cannot be written the channel is stopped (a run that cannot record what it sends
+    must not go on sending); `finish` records the rest when the batch is done."""
 
     FLUSH_SECONDS = 0.5
 
@@ -277,8 +278,11 @@ class Marker:
         try:
             mark_sent(self.engine, self.token, sent)
             self.done += len(sent)
-        except Exception:  # noqa: BLE001 - `finish` marks them after the batch
-            log.debug("interim marking failed; the batch's finish marks them", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - sending on unrecorded would risk a batch of repeats
+            log.warning("the ledger cannot be written (%s): the channel stops; `finish` records what it can",
+                        type(exc).__name__)
+            self.delivery.stop(f"the warehouse stopped answering ({type(exc).__name__}), so deliveries "
+                               "cannot be recorded", "L606")
 
 
 def mark_sent(engine: Engine, token: str, keys: Sequence[str]) -> None:

@@ -305,6 +305,11 @@ def _deliver(engine: Engine, config: ProjectConfig, todo: pd.DataFrame,
                 result.sent[str(channel_name)] = result.sent.get(str(channel_name), 0) + sent
                 log.info("dispatch %s: %s", what, counts_line(result))
                 left = len(delivery.undelivered) + len(group) - start - len(batch)
+                if delivery.code == "L606":
+                    raise DispatchError(
+                        f"{what}: {delivery.error}; channel {channel_name} stopped after {sent:,} sent",
+                        hint="check the warehouse, then rerun the same playbook and as-of date: what was "
+                             "delivered is recorded, or taken over from this run once it has ended", code="L606")
                 if delivery.code == "L604":
                     raise DispatchError(
                         f"channel {channel_name} is misconfigured: {delivery.error}; {what}: {sent:,} sent, "

@@ -40,7 +40,7 @@ class Delivery:
     undelivered: list[str] = field(default_factory=list)  # provider down: left planned for the rerun
     retried: int = 0
     error: str | None = None  # why the channel stopped (the provider is down, or the channel misconfigured)
-    code: str = "L602"  # L602 provider down, L604 the channel's settings are wrong
+    code: str = "L602"  # L602 provider down, L604 the channel's settings are wrong, L606 the ledger is gone
 
     def failed_reasons(self) -> dict[str, int]:
         """Dead letters per kind ("http_400", "smtp_550", ...): safe for logs, no provider text."""

@@ -259,3 +259,37 @@ def test_a_fault_at_message_n_then_a_rerun_delivers_every_touch_once(world, case
     repeats = sum(n - 1 for n in got.values() if n > 1)
     assert repeats <= bound, (repeats, got.most_common(3))
     assert world.http.bad == []  # every request had the shape the API wants
+
+
+def test_a_ledger_that_stops_answering_mid_batch_stops_the_channel(world):
+    """A run that cannot record what it sends stops sending: the rest stays planned for the rerun, and
+    nothing it sent is sent again."""
+    from sqlalchemy.exc import OperationalError
+
+    from tasks import claims
+
+    plan, day = world.plans["webhook"], world.next_day()
+    world.http.reset()
+    config = world.config(1)
+    config = config.model_copy(update={"channels": {**config.channels, "sms": config.channels["sms"].model_copy(
+        update={"rate_per_second": 100.0})}})
+    frame = allocated(plan, "sms")
+
+    def run():
+        return dispatch.dispatch_frame(frame, plan, day, engine=world.engine, config=config, run_id="r",
+                                       model_version=None, dry_run=False)
+
+    def gone(*args, **kwargs):
+        raise OperationalError("UPDATE touches", {}, Exception("server closed the connection unexpectedly"))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(claims.Marker, "FLUSH_SECONDS", 0.05)
+        mp.setattr(claims, "mark_sent", gone)
+        with pytest.raises(DispatchError) as err:
+            run()
+    assert err.value.code == "L606" and "cannot be recorded" in err.value.message
+    stopped_after = len(world.http.accepted)
+    assert 0 < stopped_after < M  # it stopped early
+    again = run()
+    assert again.sent == {"sms": M - stopped_after} and again.already_sent == stopped_after
+    assert Counter(world.http.accepted) == Counter({k: 1 for k in world.http.accepted})
