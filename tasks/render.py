@@ -389,10 +389,36 @@ def referenced(ast: nodes.Template) -> list[tuple[str, nodes.Node]]:
     return out
 
 
+class _AnyName(dict):
+    """Filters or tests by any name: finding the variables a template reads must not stop at an unknown filter
+    (`check` reports that on its own)."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __missing__(self, name: str) -> Any:
+        return _nothing
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name]
+
+
+def _nothing(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _tracking_env() -> Sandbox:
+    env = environment()
+    env.filters, env.tests = _AnyName(env.filters), _AnyName(env.tests)
+    return env
+
+
 @functools.lru_cache(maxsize=256)
 def _parsed(source: str) -> nodes.Template | None:
+    """The template's tree for finding what it reads and loads (None when it does not parse)."""
     try:
-        return environment().parse(source)
+        return _tracking_env().parse(source)
     except Exception:  # noqa: BLE001 - `check` reports it; here it only means "reads nothing"
         return None
 

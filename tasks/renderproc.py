@@ -76,6 +76,10 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
+def not_tried(name: str, seconds: float, strikes: int) -> str:
+    return f"render_timeout: not tried, {name} ran over {seconds:g} s on {strikes} messages before"
+
+
 class Renderer:
     """A helper process rendering templates under time and memory limits; thread-safe; restarted as needed."""
 
@@ -86,6 +90,11 @@ class Renderer:
         self._pid = os.getpid()
         self._buffer = b""
         self.starts = 0  # children started: 1 + the stuck or dead ones replaced
+
+    @property
+    def pid(self) -> int | None:
+        """The helper process's pid (None before the first render or after close)."""
+        return self._proc.pid if self._proc is not None else None
 
     def __enter__(self) -> Renderer:
         return self
@@ -105,19 +114,19 @@ class Renderer:
         """One entry per row, like tasks.render.render_rows (which calls this for non-straight templates)."""
         if variables is None:
             variables = frozenset(render.template_variables(source, partials))
-        head = (source, html, partials_key(partials), max_chars, self.seconds)
+        head = (source, html, partials_key(partials), max_chars, self.seconds, name)
         out: list[str | RenderFailure] = []
         strikes = 0
         with self._lock:
             while len(out) < len(rows):
                 if strikes >= TIMEOUT_STRIKES:
-                    out += [RenderFailure(f"render_timeout: not tried, {name} ran over {self.seconds:g} s on "
-                                          f"{strikes} messages before")] * (len(rows) - len(out))
+                    out += [RenderFailure(not_tried(name, self.seconds, strikes))] * (len(rows) - len(out))
                     break
                 chunk = [{k: plain(row[k]) for k in variables if k in row}
                          for row in rows[len(out):len(out) + CHUNK_ROWS]]
-                got = self._exchange(head, chunk)
-                strikes += sum(isinstance(r, RenderFailure) and r.reason.startswith("render_timeout") for r in got)
+                got = self._exchange((*head, strikes), chunk)
+                strikes += sum(isinstance(r, RenderFailure) and r.reason.startswith("render_timeout: over")
+                               for r in got)
                 out += got
         return out
 
@@ -288,7 +297,7 @@ def _serve(inp: int, out: int) -> None:
         body = read_exact(_HEADER.unpack(header)[0])
         if body is None:
             return
-        source, html, partials, max_chars, seconds, rows = pickle.loads(body)
+        source, html, partials, max_chars, seconds, name, strikes, rows = pickle.loads(body)
         ready = render.compiled(source, html, partials)
         pending: list[Any] = []
         size, last = 0, time.monotonic()
@@ -297,6 +306,8 @@ def _serve(inp: int, out: int) -> None:
             for row in rows:
                 if ready.error:
                     result: Any = [ready.error]
+                elif strikes >= TIMEOUT_STRIKES:
+                    result = [not_tried(name, seconds, strikes)]
                 else:
                     try:
                         text = render.render_one(ready.template, row, max_chars=max_chars, seconds=seconds)
@@ -305,6 +316,7 @@ def _serve(inp: int, out: int) -> None:
                     except MemoryError:
                         text = RenderFailure(render.failure_reason(MemoryError()))
                     result = [text.reason] if isinstance(text, RenderFailure) else text
+                    strikes += isinstance(text, RenderFailure) and text.reason.startswith("render_timeout")
                 pending.append(result)
                 size += len(result) if isinstance(result, str) else 80
                 now = time.monotonic()

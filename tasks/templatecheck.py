@@ -23,12 +23,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import TemplateSyntaxError, meta, nodes
+from jinja2 import TemplateSyntaxError, nodes
 from jinja2.exceptions import TemplateAssertionError
 from jinja2.sandbox import MAX_RANGE
 
 from tasks.render import (MAX_TEMPLATE_CHARS, MAX_VALUE_ITEMS, MAX_WIDTH, OFFER_FIELDS, REFUSED_FILTERS, TooBig, _precheck_filter,
-                          _precheck_method, bounded_binop, brace_widths, environment, percent_widths, referenced)
+                          _precheck_method, bounded_binop, brace_widths, environment, percent_widths, referenced,
+                          template_variables)
 
 TAGS = ("autoescape", "block", "call", "elif", "else", "endautoescape", "endblock", "endcall", "endfilter",
         "endfor", "endif", "endmacro", "endraw", "endset", "endwith", "extends", "filter", "for", "from", "if",
@@ -124,8 +125,8 @@ class _Check:
         self.loads(ast)
         self.internals(ast)
         self.constants(ast)
-        if not any(p.code in ("L145", "L147") for p in self.problems):
-            self.variables(ast)
+        self.variables(ast)
+        if not any(p.code in ("L145", "L147") for p in self.problems):  # compiling would stop at the first
             self.compile()
         return sorted(self.problems, key=lambda p: (p.line or 0, p.col or 0))
 
@@ -212,7 +213,8 @@ class _Check:
                          needle)
             if re.search(r"\{[^{}]*[.\[]_", target.node.value):
                 self.add("L135", "the format string reaches into Python internals (`_...`), which templates may not do",
-                         "name fields by their position or key: {0}, {name}", node.lineno, needle)
+                         "name fields by their position or key: {0}, {name}", node.lineno,
+                         r"(" + re.escape(target.node.value) + r")")
         for node in ast.find_all(nodes.Mod):
             if isinstance(node.left, nodes.Const) and isinstance(node.left.value, str):
                 self.widths(percent_widths(node.left.value), node.lineno, r"(%)")
@@ -277,8 +279,7 @@ class _Check:
         consts = _Consts()
 
         def builds(what: str, exc: Exception) -> str:
-            text = str(exc)
-            return f"{what} would build {text[:1].lower()}{text[1:]}"
+            return f"{what} would be too big: {exc}"
 
         for node in ast.find_all(nodes.BinExpr):
             if isinstance(node, nodes.Mod) and isinstance(node.left, nodes.Const):
@@ -333,10 +334,7 @@ class _Check:
 
     def variables(self, ast: nodes.Template) -> None:
         allowed = self.allowed | ({"offer"} if self.offer else set())
-        try:
-            names = meta.find_undeclared_variables(ast)
-        except Exception:  # noqa: BLE001 - the compile step says what is wrong
-            return
+        names = template_variables(self.source)
         for name in sorted(names - allowed):
             line = next((n.lineno for n in ast.find_all(nodes.Name) if n.name == name), None)
             needle = r"\b(" + re.escape(name) + r")\b"
@@ -428,5 +426,7 @@ def _first_sentence(text: str) -> str:
 
 
 def _did_you_mean(name: str, choices: Iterable[str]) -> str | None:
-    close = difflib.get_close_matches(name, list(choices), n=1)
+    choices = list(choices)
+    swapped = [c for c in choices if sorted(c) == sorted(name) and c != name]  # two letters swapped: `fro`
+    close = swapped[:1] or difflib.get_close_matches(name, choices, n=1)
     return f"did you mean '{close[0]}'?" if close else None
