@@ -379,11 +379,14 @@ class _Consts:
     def __init__(self) -> None:
         self.memo: dict[int, tuple[bool, Any]] = {}
 
+    KEEP = 4096  # longer values are not kept (a template of many of them must not fill the memory of `check`)
+
     def value(self, node: nodes.Node) -> Any:
         key = id(node)
         if key not in self.memo:
             try:
-                self.memo[key] = (True, self._compute(node))
+                value = self._compute(node)
+                self.memo[key] = (True, value) if not _long(value, self.KEEP) else (False, _NotConst())
             except Exception as exc:  # noqa: BLE001 - kept and raised again for every parent
                 self.memo[key] = (False, exc)
         ok, value = self.memo[key]
@@ -418,6 +421,10 @@ class _Consts:
             return [self.value(e) for e in exprs]
         except Exception:  # noqa: BLE001 - not constant, or failing: nothing to say about the call
             return None
+
+
+def _long(value: Any, limit: int) -> bool:
+    return isinstance(value, (str, bytes, list, tuple)) and len(value) > limit
 
 
 def _first_sentence(text: str) -> str:
