@@ -455,6 +455,7 @@ class Compiled:
     error: str | None
     straight: bool
     variables: frozenset[str]
+    text: str = ""  # the template's and its partials' text: names in a reason must come from here
 
 
 @functools.lru_cache(maxsize=128)
@@ -470,7 +471,8 @@ def compiled(source: str, html: bool, partials: PartialsKey = ()) -> Compiled:
     except Exception as exc:  # noqa: BLE001 - every message of it fails, with the reason
         return Compiled(None, f"render_error: the template does not compile: {_safe(type(exc).__name__)}", False,
                         variables)
-    return Compiled(template, None, straight_bound(ast) is not None, variables)
+    return Compiled(template, None, straight_bound(ast) is not None, variables,
+                    "\n".join([source, *(text for _, text in partials)]))
 
 
 # ---- straight-line templates ---------------------------------------------------------------------
@@ -555,13 +557,14 @@ def _binop_bound(node: nodes.BinExpr, kids: list[tuple[int, int]]) -> tuple[int,
         raise _NotStraight
     if node.operator == "%" and isinstance(node.left, nodes.Const):
         raise _NotStraight  # a format string: widths, and values of any size
-    return 0, 4 * _NUMBER if node.operator == "**" else _NUMBER  # numbers only (powers: bounded bits)
+    return 0, 4_400 if node.operator == "**" else _NUMBER  # numbers only (a power prints at most 4,300 digits)
 
 
 # ---- rendering -----------------------------------------------------------------------------------
 
-_SAFE_MESSAGES = (UndefinedError, SecurityError, TooBig, ZeroDivisionError, RecursionError)
+_SAFE_MESSAGES = (UndefinedError, SecurityError, TooBig, ZeroDivisionError, RecursionError, TemplateNotFound)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_QUOTED = re.compile(r"'([^']*)'")
 
 
 def _safe(text: str, limit: int = 160) -> str:
@@ -569,18 +572,27 @@ def _safe(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def failure_reason(exc: BaseException, template: Any = None, *, seconds: float = RENDER_SECONDS) -> str:
-    """A short reason for a message that failed: the exception's class, its message only where it cannot
-    hold customer data, and the template line it happened on."""
+def failure_reason(exc: BaseException, known: str = "", *, seconds: float = RENDER_SECONDS) -> str:
+    """A short reason for a message that failed: the exception's class, its message only for kinds that
+    describe the template (with any quoted name that is not in `known`, the template's text, blanked:
+    `offer[first_name]` must not put a name in the ledger), and the template line it happened on."""
     if isinstance(exc, RenderTimeout):
         return f"render_timeout: over {seconds:g} s"
     if isinstance(exc, MemoryError):
         return f"render_error: MemoryError (over the renderer's {RENDER_MEMORY_BYTES // 2**20} MiB)"
     text = f"render_error: {type(exc).__name__}"
     if isinstance(exc, _SAFE_MESSAGES) or type(exc) is TemplateError:
-        text += f": {exc}"
+        text += ": " + _QUOTED.sub(lambda m: m.group(0) if _named(m.group(1), known) else "'...'", str(exc))
     line = _template_line(exc)
     return _safe(text, 200 - len(line)) + line
+
+
+def _named(name: str, known: str) -> bool:
+    """A quoted part of an exception's message that may be shown: a type ('dict object') or a name written
+    in the template."""
+    if re.fullmatch(r"\w+ object|NoneType|None", name):
+        return True
+    return bool(re.fullmatch(r"\w+", name)) and re.search(rf"\b{re.escape(name)}\b", known) is not None
 
 
 def _template_line(exc: BaseException) -> str:
@@ -599,9 +611,10 @@ def _template_line(exc: BaseException) -> str:
     return where
 
 
-def render_one(template: Any, row: Mapping[str, Any], *, max_chars: int = MAX_MESSAGE_CHARS,
+def render_one(ready: Compiled, row: Mapping[str, Any], *, max_chars: int = MAX_MESSAGE_CHARS,
                seconds: float = RENDER_SECONDS) -> str | RenderFailure:
     """One message: its text (stripped), or why not. Stops taking output past 4x max_chars."""
+    template = ready.template
     _clock.deadline = time.monotonic() + seconds
     try:
         parts, total, cap = [], 0, 4 * max_chars
@@ -612,7 +625,7 @@ def render_one(template: Any, row: Mapping[str, Any], *, max_chars: int = MAX_ME
             parts.append(chunk)
         text = "".join(parts).strip()
     except (Exception, RenderTimeout) as exc:  # noqa: BLE001 - whatever the template does is this message's failure
-        return RenderFailure(failure_reason(exc, template, seconds=seconds))
+        return RenderFailure(failure_reason(exc, ready.text, seconds=seconds))
     finally:
         _clock.deadline = math.inf
     if len(text) > max_chars:
@@ -635,7 +648,7 @@ def render_rows(source: str, rows: Iterable[Mapping], *, html: bool = False, nam
     if ready.error:
         return [RenderFailure(ready.error)] * len(rows)
     if ready.straight and renderer is None:
-        return [render_one(ready.template, row, max_chars=max_chars) for row in rows]
+        return [render_one(ready, row, max_chars=max_chars) for row in rows]
     if renderer is None:
         from tasks.renderproc import shared_renderer
 

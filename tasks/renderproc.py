@@ -103,6 +103,9 @@ class Renderer:
         self.close()
 
     def close(self) -> None:
+        """Stop the helper process (it is started again by the next render)."""
+        if self._pid != os.getpid():  # a forked copy: the helper belongs to the parent
+            return
         with self._lock:
             self._stop(kill=False)
 
@@ -310,7 +313,7 @@ def _serve(inp: int, out: int) -> None:
                     result = [not_tried(name, seconds, strikes)]
                 else:
                     try:
-                        text = render.render_one(ready.template, row, max_chars=max_chars, seconds=seconds)
+                        text = render.render_one(ready, row, max_chars=max_chars, seconds=seconds)
                     except RenderTimeout:  # raised after render_one had caught what it could
                         text = RenderFailure(f"render_timeout: over {seconds:g} s")
                     except MemoryError:

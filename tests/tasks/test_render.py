@@ -194,3 +194,13 @@ def test_render_batch_still_raises_at_the_first_failure():
 def test_a_template_that_does_not_compile_fails_every_message_instead_of_raising():
     out = render_rows("{{ first_name | rnd }}", [ROW, ROW])
     assert reasons(out) == ["render_error: the template does not compile: TemplateAssertionError"] * 2
+
+
+def test_a_name_from_the_row_never_reaches_the_reason(renderer):
+    row = {**ROW, "first_name": "Zhang Wei"}
+    for source in ("{{ offer[first_name] }}", "{{ offer[first_name].x }}", "{% for r in reasons %}{{ offer[first_name] }}"
+                   "{% endfor %}", "{{ offer['_' ~ first_name] }}"):
+        for out in (render_rows(source, [row]), render_rows(source, [row], renderer=renderer)):
+            assert isinstance(out[0], RenderFailure) and "Zhang" not in out[0].reason, out
+    out = render_rows("{{ offer.nope }}", [row])
+    assert out[0].reason == "render_error: UndefinedError: 'dict object' has no attribute 'nope' (line 1)"
