@@ -89,6 +89,7 @@ class Renderer:
         self._proc: subprocess.Popen | None = None
         self._pid = os.getpid()
         self._buffer = b""
+        self._ahead: Any = None  # the next request, made while the child renders the current one
         self.starts = 0  # children started: 1 + the stuck or dead ones replaced
 
     @property
@@ -118,29 +119,39 @@ class Renderer:
         if variables is None:
             variables = frozenset(render.template_variables(source, partials))
         head = (source, html, partials_key(partials), max_chars, self.seconds, name)
+
+        def request(start: int, strikes: int) -> tuple[int, int, bytes, int]:
+            chunk = [{k: plain(row[k]) for k in variables if k in row} for row in rows[start:start + CHUNK_ROWS]]
+            return start, strikes, pickle.dumps((*head, strikes, chunk), protocol=pickle.HIGHEST_PROTOCOL), len(chunk)
+
         out: list[str | RenderFailure] = []
-        strikes = 0
+        strikes, ahead = 0, None
         with self._lock:
             while len(out) < len(rows):
                 if strikes >= TIMEOUT_STRIKES:
                     out += [RenderFailure(not_tried(name, self.seconds, strikes))] * (len(rows) - len(out))
                     break
-                chunk = [{k: plain(row[k]) for k in variables if k in row}
-                         for row in rows[len(out):len(out) + CHUNK_ROWS]]
-                got = self._exchange((*head, strikes), chunk)
+                start = len(out)
+                now = ahead if ahead and ahead[:2] == (start, strikes) else request(start, strikes)
+                after = start + now[3]
+                got = self._exchange(now[2], now[3], (lambda: request(after, strikes)) if after < len(rows) else None)
+                ahead = self._ahead
                 strikes += sum(isinstance(r, RenderFailure) and r.reason.startswith("render_timeout: over")
                                for r in got)
                 out += got
         return out
 
-    def _exchange(self, head: tuple, chunk: list[dict]) -> list[str | RenderFailure]:
-        """Results for a prefix of `chunk` (all of it, unless the child was lost: then up to and including
-        the message it was lost on, which fails)."""
+    def _exchange(self, payload: bytes, n: int, prepare: Any) -> list[str | RenderFailure]:
+        """Results for a prefix of the `n` rows in `payload` (all of them, unless the child was lost: then up
+        to and including the message it was lost on, which fails). `prepare` makes the next request while
+        the child renders this one (kept in self._ahead)."""
         self._ensure()
+        self._ahead = None
         got: list[str | RenderFailure] = []
         try:
-            self._send(pickle.dumps((*head, chunk), protocol=pickle.HIGHEST_PROTOCOL))
-            while len(got) < len(chunk):
+            self._send(payload)
+            self._ahead = prepare() if prepare else None
+            while len(got) < n:
                 frame = self._receive(self.seconds + GRACE_SECONDS)
                 if frame is None:
                     return got + [RenderFailure(f"render_timeout: over {self.seconds:g} s (the renderer was "

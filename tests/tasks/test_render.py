@@ -204,3 +204,12 @@ def test_a_name_from_the_row_never_reaches_the_reason(renderer):
             assert isinstance(out[0], RenderFailure) and "Zhang" not in out[0].reason, out
     out = render_rows("{{ offer.nope }}", [row])
     assert out[0].reason == "render_error: UndefinedError: 'dict object' has no attribute 'nope' (line 1)"
+
+
+def test_failures_across_many_chunks_stay_with_their_rows(renderer):
+    hang = ("{% if first_name == 'hang' %}{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+            "{% endfor %}{% endif %}{{ first_name }}{% for r in reasons %}{% endfor %}")
+    rows = [{"first_name": "hang" if i in (2500, 4100) else f"n{i}", "reasons": []} for i in range(5000)]
+    out = reasons(render_rows(hang, rows, renderer=renderer))
+    assert [i for i, o in enumerate(out) if o != f"n{i}"] == [2500, 4100]
+    assert out[2500] == out[4100] == "render_timeout: over 0.5 s"
