@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from infra.errors import DispatchError
-from tasks import render
-from tasks.render import (MAX_MESSAGE_CHARS, RENDER_MEMORY_BYTES, RENDER_SECONDS, TIMEOUT_STRIKES, RenderFailure,
-                          RenderTimeout, partials_key)
+from tasks import render, sandbox
+from tasks.render import RenderFailure, partials_key
+from tasks.sandbox import MAX_MESSAGE_CHARS, RENDER_MEMORY_BYTES, RENDER_SECONDS, TIMEOUT_STRIKES, RenderTimeout
 
 GRACE_SECONDS = 2.0  # beyond RENDER_SECONDS before a silent child is taken for stuck (busy machines are slow)
 START_SECONDS = 60.0  # for a new child to import Jinja and say it is ready
@@ -281,8 +281,8 @@ def _limit_memory(extra: int) -> None:
 
 
 def _alarm(signum: int, frame: Any) -> None:
-    if time.monotonic() > getattr(render._clock, "deadline", math.inf):
-        render._clock.deadline = math.inf  # once per message
+    if time.monotonic() > getattr(sandbox._clock, "deadline", math.inf):
+        sandbox._clock.deadline = math.inf  # once per message
         raise RenderTimeout
 
 
@@ -339,7 +339,7 @@ def _serve(inp: int, out: int) -> None:
                     pending, size, last = [], 0, now
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            render._clock.deadline = math.inf
+            sandbox._clock.deadline = math.inf
         write(pending)
 
 

@@ -1,6 +1,6 @@
 """What `lifecycle check` finds in one template's text, each with the template line (and column) it is on.
 
-Pure: the template is parsed and compiled with `tasks.render.environment()`, the sandbox sending uses,
+Pure: the template is parsed and compiled with `tasks.sandbox.environment()`, the sandbox sending uses,
 so an unknown filter or a bad tag fails here and not at 3 a.m. Then what the sandbox would refuse, or
 what would certainly fail, is refused before any message is rendered:
 
@@ -27,9 +27,9 @@ from jinja2 import TemplateSyntaxError, nodes
 from jinja2.exceptions import TemplateAssertionError
 from jinja2.sandbox import MAX_RANGE
 
-from tasks.render import (MAX_TEMPLATE_CHARS, MAX_VALUE_ITEMS, MAX_WIDTH, OFFER_FIELDS, REFUSED_FILTERS, TooBig, _precheck_filter,
-                          _precheck_method, bounded_binop, brace_widths, environment, percent_widths, referenced,
-                          template_variables)
+from tasks.render import OFFER_FIELDS, referenced, template_variables
+from tasks.sandbox import (MAX_TEMPLATE_CHARS, MAX_VALUE_ITEMS, MAX_WIDTH, REFUSED_FILTERS, TooBig, _precheck_filter,
+                           _precheck_method, bounded_binop, brace_widths, environment, percent_widths)
 
 TAGS = ("autoescape", "block", "call", "elif", "else", "endautoescape", "endblock", "endcall", "endfilter",
         "endfor", "endif", "endmacro", "endraw", "endset", "endwith", "extends", "filter", "for", "from", "if",
@@ -133,7 +133,8 @@ class _Check:
     # ---- each kind of problem ------------------------------------------------------------------
 
     def syntax(self, exc: TemplateSyntaxError) -> None:
-        message, hint, needle = exc.message or "invalid syntax", "check that every {{ has its }} and every {% its %}", None
+        message, needle = exc.message or "invalid syntax", None
+        hint = "check that every {{ has its }} and every {% its %}"
         unknown = re.match(r"Encountered unknown tag '([^']+)'", message)
         if unknown:
             tag = unknown.group(1)
