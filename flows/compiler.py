@@ -25,10 +25,11 @@ from flows.plan import (Budget, Experiment, FollowUpPlan, FrequencyCap, Goal, Gu
 from flows.schema import OfferSpec, PlaybookSpec, TierSpec, allowed_keys
 from infra.errors import AuthorError
 from infra.settings import CONSENT_CHANNELS, EVENT_TYPES, MODELS, ProjectConfig
-from infra.yamlsource import (KeyPath, SourceDoc, data_prefix, format_located, load_yaml, position_key,
+from infra.yamlsource import (KeyPath, Position, SourceDoc, data_prefix, format_located, load_yaml, position_key,
                               validation_problems)
 from tasks.catalog import BY_NAME, Feature
-from tasks.render import BASE_CONTEXT, check_template, template_variables
+from tasks.render import BASE_CONTEXT, MAX_TEMPLATE_CHARS, template_variables
+from tasks.templatecheck import TemplateProblem, check_template, references, template_name_problem
 
 # Features a follow-up rule may use besides the catalog: facts about the touch it follows up on.
 FOLLOW_UP_FEATURES = {
@@ -40,11 +41,19 @@ FOLLOW_UP_FEATURES = {
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
+# Message context values that are text: `%` on them is formatting, not arithmetic (L148).
+TEXT_NAMES = frozenset({"customer_id", "first_name", "advisor_id", "segment", "playbook", "channel", "variant",
+                        "unsubscribe_url"} | {f.name for f in BY_NAME.values() if f.type == "string"})
+
+
 class PlaybookError(AuthorError):
     code = "L100"
 
     def __init__(self, problems: list[str], path: Path) -> None:
-        problems = sorted(problems, key=position_key)
+        # the playbook's own problems top to bottom, then each template file's
+        mine = f"{path}:"
+        problems = sorted(problems, key=lambda p: (not p.startswith(mine), "" if p.startswith(mine) else
+                                                   p.split(":", 1)[0], position_key(p)))
         n = len(problems)
         super().__init__(f"{n} problem{'s' if n != 1 else ''} in {path}",
                          hint=f"fix them and run `lifecycle check {path}` again", problems=problems)
@@ -110,6 +119,8 @@ class _Compilation:
         self.used: set[str] = set()
         self.templates_dir = doc.path.parent / "templates"
         self.template_cache: dict[str, str | None] = {}
+        self.file_vars: dict[str, frozenset[str]] = {}  # template file -> variables it and its partials read
+        self.partials: dict[str, str] = {}  # every file the plan's templates include, import or extend
 
     def problem(self, key: KeyPath, message: str, hint: str | None = None, *, code: str, at=None) -> None:
         self.problems.append(format_located(self.doc, key, message, hint, code=code, at=at))
@@ -138,7 +149,8 @@ class _Compilation:
             source=str(self.doc.path), model=None if spec.model == "none" else spec.model,
             drift_policy=spec.drift_policy, audience=audience, audience_text=spec.audience,
             segments=tuple(segments), follow_ups=tuple(follow_ups),
-            features=tuple(sorted(self.used - set(FOLLOW_UP_FEATURES))), **plan_parts,
+            features=tuple(sorted(self.used - set(FOLLOW_UP_FEATURES))), partials=dict(sorted(self.partials.items())),
+            **plan_parts,
         )
 
     # ---- rules ------------------------------------------------------------------------------
@@ -288,21 +300,94 @@ class _Compilation:
 
     def template(self, key: KeyPath, name: str, subject: str | None, offer: bool,
                  consent: str | None) -> tuple[str | None, bool]:
-        """The template's text, checked against the message context (None when it cannot be used)."""
+        """The template's text, checked as sending will render it (None when it cannot be used). Problems in
+        a template file (or a partial it loads) point into that file; the tier's own (no offer, no
+        unsubscribe link) at the tier."""
         body = self.read_template((*key, "template"), name)
         html = name.endswith((".html", ".html.j2"))
         for source, field in ((body, "template"), (subject, "subject")):
             if source is None:
                 continue
-            label = name if field == "template" else "subject"
-            for p in _checked(source, html and field == "template", offer):
-                hint = ("give this tier an `offer:`, or drop offer from the template" if p.code == "L143"
-                        else "templates may use: customer fields, features, offer, segment, playbook, unsubscribe_url")
-                self.problem((*key, field), f"{label}: {p.message}", hint, code=p.code)
-        if body is not None and consent == "email" and "unsubscribe_url" not in template_variables(body):
+            if field == "template":
+                variables = self.template_file(name, html, ())
+            else:
+                variables = self.subject((*key, "subject"), source)
+            if "offer" in variables and not offer:
+                label = name if field == "template" else "subject"
+                self.problem((*key, field), f"{label}: uses `offer`, but this tier has no offer",
+                             "give this tier an `offer:`, or drop offer from the template", code="L143")
+        if body is not None and consent == "email" and "unsubscribe_url" not in self.file_vars.get(name, ()):
             self.problem((*key, "template"), f"{name}: an email must carry an unsubscribe link",
                          "add `<a href=\"{{ unsubscribe_url }}\">Unsubscribe</a>` to the template", code="L138")
         return body, html
+
+    def template_file(self, name: str, html: bool, stack: tuple[str, ...]) -> frozenset[str]:
+        """Check a template file once (and the files it loads, recursively; L156 missing, L157 a cycle);
+        the variables it and they read."""
+        if name in self.file_vars:
+            return self.file_vars[name]
+        body = self.template_cache.get(name)
+        if body is None:
+            return frozenset()
+        self.file_vars[name] = frozenset()  # while it is being checked (a cycle is reported, not followed)
+        tdoc = SourceDoc(self.doc.path.parent / "templates" / name, body, None, {}, {})
+        for p in _checked(body, html):
+            self.template_problem(tdoc, p)
+        variables = set(template_variables(body))
+        for ref, line in references(body):
+            if template_name_problem(ref):
+                continue  # reported by the check above (L146)
+            at = Position(line, _column(body, line, ref))
+            if ref in stack or ref == name:
+                before = stack[stack.index(ref):] if ref in stack else ()
+                cycle = " -> ".join((*before, name, ref))
+                self.template_problem(tdoc, TemplateProblem(
+                    "L157", f"templates load each other in a cycle: {cycle}",
+                    "a partial must not load the template that loads it", at.line, at.col))
+                continue
+            if self.load_partial(ref) is None:
+                self.template_problem(tdoc, self.missing_partial(ref, at))
+                continue
+            variables |= self.template_file(ref, html, (*stack, name))
+        self.file_vars[name] = frozenset(variables)
+        return self.file_vars[name]
+
+    def subject(self, key: KeyPath, subject: str) -> frozenset[str]:
+        """Check a subject line (written in the playbook: its problems point at the `subject:` key)."""
+        for p in _checked(subject, False):
+            where = f"line {p.line}: " if p.line and "\n" in subject.strip() else ""
+            self.problem(key, f"subject: {where}{p.message}", p.hint, code=p.code)
+        variables = set(template_variables(subject))
+        for ref, _ in references(subject):
+            if template_name_problem(ref):
+                continue
+            if self.load_partial(ref) is None:
+                p = self.missing_partial(ref, None)
+                self.problem(key, f"subject: {p.message}", p.hint, code=p.code)
+            else:
+                variables |= self.template_file(ref, False, ())
+        return frozenset(variables)
+
+    def load_partial(self, name: str) -> str | None:
+        if name not in self.template_cache:
+            self.template_cache[name] = self._read(name)
+        body = self.template_cache[name]
+        if body is not None:
+            self.partials[name] = body
+        return body
+
+    def missing_partial(self, name: str, at: Position | None) -> TemplateProblem:
+        folder = self.templates_dir
+        existing = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) \
+            if folder.is_dir() else []
+        return TemplateProblem("L156", f"'{name}' is not a file in templates/",
+                               _did_you_mean(name, existing) or f"create {folder / name}",
+                               at.line if at else None, at.col if at else None)
+
+    def template_problem(self, tdoc: SourceDoc, p: TemplateProblem) -> None:
+        """A problem inside a template file, at its line and column there."""
+        at = Position(p.line or 1, p.col or 1)
+        self.problems.append(format_located(tdoc, (), p.message, p.hint, code=p.code, at=at))
 
     def read_template(self, key: KeyPath, name: str) -> str | None:
         if name not in self.template_cache:
@@ -328,7 +413,9 @@ class _Compilation:
         if not path.is_relative_to(folder) or not path.is_file():
             return None
         try:
-            return path.read_text(encoding="utf-8")
+            with path.open("rb") as f:  # a huge file is read only far enough to be reported as too long
+                data = f.read(4 * MAX_TEMPLATE_CHARS + 4)
+            return data.decode("utf-8", errors="ignore" if len(data) > 4 * MAX_TEMPLATE_CHARS else "strict")
         except (OSError, UnicodeDecodeError):
             return None
 
@@ -421,9 +508,16 @@ class _Compilation:
 
 
 @functools.lru_cache(maxsize=1024)
-def _checked(source: str, html: bool, offer: bool) -> tuple:
-    """Template problems against the message context; cached, as many tiers share a template."""
-    return tuple(check_template(source, set(BASE_CONTEXT) | set(BY_NAME), html=html, offer=offer))
+def _checked(source: str, html: bool) -> tuple[TemplateProblem, ...]:
+    """A template's own problems against the message context; cached, as many tiers share a template."""
+    return tuple(check_template(source, set(BASE_CONTEXT) | set(BY_NAME), html=html, offer=True,
+                                text_names=TEXT_NAMES))
+
+
+def _column(text: str, line: int, needle: str) -> int:
+    lines = text.splitlines()
+    row = lines[line - 1] if 1 <= line <= len(lines) else ""
+    return row.find(needle) + 1 if needle in row else len(row) - len(row.lstrip()) + 1
 
 
 def cron_problem(expr: str) -> str | None:

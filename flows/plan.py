@@ -2,8 +2,9 @@
 
 A flow run executes exactly one plan and records its hash, so "what ran" is always answerable.
 Pure data: tasks may import this module; it imports nothing from Prefect or the database.
-Everything a run needs is here, resolved: template bodies, offers, capacities, variants with their
-splits, follow-up steps, guardrails, the experiment, the goal, the schedule and trigger.
+Everything a run needs is here, resolved: template bodies (and the partials they include, import or
+extend), offers, capacities, variants with their splits, follow-up steps, guardrails, the experiment,
+the goal, the schedule and trigger.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import zoneinfo
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 
 class _Frozen(BaseModel):
@@ -150,6 +151,16 @@ class Plan(_Frozen):
     experiment: Experiment | None = None
     goal: Goal | None = None
     features: tuple[str, ...]
+    # Template files the tiers' templates load by name (`{% include 'footer.txt.j2' %}`): name -> text.
+    # Left out of the JSON when empty, so plans without partials keep their JSON and hash.
+    partials: dict[str, str] = {}
+
+    @model_serializer(mode="wrap")
+    def _without_empty_partials(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if not data.get("partials"):
+            data.pop("partials", None)
+        return data
 
     def to_json(self, *, indent: int | None = None) -> str:
         """Canonical JSON: sorted keys, fixed separators, so equal plans serialise (and hash) equally."""

@@ -23,13 +23,23 @@ Playbook problems, one stable code per kind (each printed as `path:line:col: err
     L110 expression syntax/type    L130 unknown channel           L141 segment can never match
     L111 unknown feature           L131 channel nobody consents   L142 churn_score without a model
                                    L132 template file missing     L143 template needs an offer
-                                   L133 template syntax           L144 uplift_score misused
+                                   L133 template syntax, or       L144 uplift_score misused
+                                        Jinja refused to compile  L145 unknown filter or test
+                                                                  L146 include/import/extends outside
+                                                                       templates/ (or not a constant)
+                                                                  L147 a filter templates may not use
+                                                                  L148 format on a value (|format,
+                                                                       .format(), % on text)
+                                                                  L149 certain to fail or blow up
                                                                   L150 splits do not add up to 100
                                                                   L151 invalid cron
                                                                   L152 unknown timezone
                                                                   L153 unknown event type
                                                                   L154 invalid time of day
                                                                   L155 re-entry mode and days disagree
+                                                                  L156 loaded template not in templates/
+                                                                  L157 templates load each other (cycle)
+                                                                  L158 template over 64 KiB
 
 Config, command line, run:
 
