@@ -22,7 +22,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +43,7 @@ from infra.warehouse.schema import touches
 from tasks import claims
 from tasks.channels import Channel, Delivery, open_channel
 from tasks.channels.base import safe_text
-from tasks.render import coupon_code, render_batch, unsubscribe_url
+from tasks.render import MAX_MESSAGE_CHARS, RenderFailure, coupon_code, render_rows, unsubscribe_url
 from tasks.common import IO_RETRIES
 
 BATCH = 5_000
@@ -112,8 +112,13 @@ def _message_rows(frame: pd.DataFrame, plan: Plan, offer) -> list[dict]:
     return rows
 
 
-def render_messages(frame: pd.DataFrame, plan: Plan, step: str = STEP) -> pd.DataFrame:
-    """Rendered subject/body for each allocated row (grouped by segment, tier and variant: one template each)."""
+def render_messages(frame: pd.DataFrame, plan: Plan, step: str = STEP,
+                    limits: Mapping[str, int] | None = None) -> pd.DataFrame:
+    """Rendered subject/body for each allocated row (grouped by segment, tier and variant: one template each).
+
+    A message that cannot be rendered (an error, the time limit, over the size limit or its channel's
+    `limits[channel]` characters) has empty text and its reason in `render_error`: that touch's failure,
+    never the batch's."""
     parts = []
     variants = frame["variant"] if "variant" in frame else pd.Series(pd.NA, index=frame.index, dtype="string")
     for seg in plan.segments:
@@ -125,20 +130,33 @@ def render_messages(frame: pd.DataFrame, plan: Plan, step: str = STEP) -> pd.Dat
                     continue
                 arm = tier.arm(arm_name)
                 rows = _message_rows(group, plan, arm.offer)
-                body = render_batch(arm.body, rows, html=arm.html, name=arm.template)
-                subject = (render_batch(arm.subject, rows, name=f"{arm.template} subject") if arm.subject
-                           else [None] * len(rows))
+                most = (limits or {}).get(tier.channel, MAX_MESSAGE_CHARS)
+                body = render_rows(arm.body, rows, html=arm.html, name=arm.template, partials=plan.partials,
+                                   max_chars=most)
+                subject = (render_rows(arm.subject, rows, name=f"{arm.template} subject", partials=plan.partials)
+                           if arm.subject else [None] * len(rows))
+                error = [_failure(b, s) for b, s in zip(body, subject)]
                 parts.append(pd.DataFrame({
                     "touch_key": group["touch_key"].to_numpy(), "customer_id": group.index.to_numpy(),
                     "playbook": plan.name, "step": step, "segment": seg.name, "tier": i, "variant": arm_name,
-                    "channel": tier.channel, "template": arm.template, "subject": subject, "body": body,
+                    "channel": tier.channel, "template": arm.template,
+                    "subject": [None if isinstance(t, RenderFailure) else t for t in subject],
+                    "body": ["" if isinstance(t, RenderFailure) else t for t in body],
                     "html": arm.html, "offer": [r.get("offer") for r in rows],
                     "unsubscribe_url": [r["unsubscribe_url"] for r in rows],
-                    "advisor_id": [r.get("advisor_id") for r in rows],
+                    "advisor_id": [r.get("advisor_id") for r in rows], "render_error": error,
                 }))
     cols = ["touch_key", "customer_id", "playbook", "step", "segment", "tier", "variant", "channel", "template",
-            "subject", "body", "html", "offer", "unsubscribe_url", "advisor_id"]
+            "subject", "body", "html", "offer", "unsubscribe_url", "advisor_id", "render_error"]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+
+
+def _failure(body: str | RenderFailure, subject: str | RenderFailure | None) -> str | None:
+    """Why a message cannot go (the body's reason first), or None."""
+    for part, what in ((body, ""), (subject, "subject: ")):
+        if isinstance(part, RenderFailure):
+            return (what + part.reason)[:128]
+    return None
 
 
 def ledger_status(frame: pd.DataFrame) -> np.ndarray:
@@ -155,6 +173,7 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
                    plan_hash: str | None = None) -> DispatchResult:
     """Ledger, then delivery, for one step: `main`, or a follow-up (keyed by the journey's entry day, `window`)."""
     result = DispatchResult()
+    limits = message_limits(config)
     frame = allocated.copy(deep=False)  # copy-on-write: the caller's frame stays as it was
     frame["touch_key"] = touch_keys(plan, frame.index, window or as_of, step)
     if "variant" not in frame:
@@ -182,7 +201,9 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
     result.offer_cost = float(pd.to_numeric(_column(touched, "cost", 0.0), errors="coerce").fillna(0).sum())
     if dry_run:
         result.sent = {str(k): int(v) for k, v in planned["channel"].value_counts().items()}
-        preview = render_messages(planned.groupby(["segment", "tier"]).head(2), plan, step)
+        preview = render_messages(planned.groupby(["segment", "tier"]).head(2), plan, step, limits)
+        broken = preview["render_error"].notna()
+        preview.loc[broken, "body"] = "(would fail: " + preview.loc[broken, "render_error"] + ")"
         result.previews = preview[["segment", "tier", "variant", "template", "subject", "body"]].to_dict("records")
         return result
 
@@ -196,6 +217,14 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
         planned = frame[frame["status"] == "planned"]
         result.dropped["priority"] = result.dropped.get("priority", 0) + int(hit.sum())
     new = frame[~frame["touch_key"].isin(status)]
+    deferring = deferred_payloads(new[new["status"] == "deferred"], plan, step, limits)
+    if deferring["error"].notna().any():  # a deferred message that cannot be rendered fails now, not when due
+        new = new.copy(deep=False)
+        broken = deferring.index[deferring["error"].notna()]
+        new.loc[broken, "status"], new.loc[broken, "reason"] = "failed", deferring.loc[broken, "error"]
+        result.deferred -= len(broken)
+        for why, n in deferring.loc[broken, "error"].str.split(":").str[0].value_counts().items():
+            result.failed[str(why)] = result.failed.get(str(why), 0) + int(n)
     ledger = pd.DataFrame({
         "touch_key": new["touch_key"].to_numpy(), "customer_id": new.index.to_numpy(),
         "segment": new["segment"].to_numpy(), **_recorded_tier(new), "template": new["template"].to_numpy(),
@@ -204,7 +233,7 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
         "cost": _column(new, "cost", np.nan).astype("float64").where(new["tier"].to_numpy() >= 0).to_numpy(),
         "skipped": _nullable(_column(new, "skipped", None)),
         "due_at": _column(new, "due_at", pd.NaT).where(new["status"].to_numpy() == "deferred").to_numpy(),
-        "payload": deferred_payloads(new[new["status"] == "deferred"], plan, step).reindex(new.index).to_numpy(),
+        "payload": deferring["payload"].reindex(new.index).to_numpy(),
     })
     ledger["tier"] = ledger["tier"].astype("Int64").where(ledger["tier"] >= 0)
     run = {"run_id": run_id, "playbook": plan.name, "playbook_version": plan.version,
@@ -218,7 +247,7 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
     todo = planned[already.to_numpy() == "planned"]
     result.progress_id = start_progress(plan, len(todo))
     try:
-        deliver(engine, config, todo, lambda batch: render_messages(batch, plan, step), result,
+        deliver(engine, config, todo, lambda batch: render_messages(batch, plan, step, limits), result,
                 f"{plan.name} {step} on {as_of}")
     except BaseException:
         if pending is not None:
@@ -376,25 +405,36 @@ def progress(result: DispatchResult, done: int, total: int) -> None:
         log.debug("progress artifact not updated", exc_info=True)
 
 
-def deferred_payloads(frame: pd.DataFrame, plan: Plan, step: str = STEP) -> pd.Series:
-    """JSON per deferred touch: its rendered message plus what to check again when it is due.
+def deferred_payloads(frame: pd.DataFrame, plan: Plan, step: str = STEP,
+                      limits: Mapping[str, int] | None = None) -> pd.DataFrame:
+    """Per deferred touch (by customer): `payload`, the JSON of its rendered message plus what to check
+    again when it is due, or `error`, why its message cannot be rendered (then it fails now).
 
     Rendering now means the customer gets what was decided, even if the playbook changes meanwhile.
     """
+    out = pd.DataFrame({"payload": pd.Series(dtype=object), "error": pd.Series(dtype=object)})
     if frame.empty:
-        return pd.Series(dtype=object)
-    messages = render_messages(frame, plan, step).set_index("customer_id", drop=False)
+        return out
+    messages = render_messages(frame, plan, step, limits).set_index("customer_id", drop=False)
     cap = plan.guardrails.frequency_cap
     quiet = plan.guardrails.quiet_hours
-    out = {}
+    payloads, errors = {}, {}
     for cid, msg in zip(messages.index, records_of(messages)):
+        if msg.pop("render_error", None) is not None:
+            errors[cid] = messages.at[cid, "render_error"]
+            continue
         tier = plan.tier(msg["segment"], int(msg["tier"]))
-        out[cid] = json.dumps({
+        payloads[cid] = json.dumps({
             "message": msg, "consent": [tier.consent_channel, tier.purpose],
             "cap": cap.model_dump() if cap else None, "quiet": quiet.model_dump() if quiet else None,
             "timezone": frame.at[cid, "timezone"] if "timezone" in frame else None,
         }, default=str, ensure_ascii=False)
-    return pd.Series(out, dtype=object)
+    return pd.DataFrame({"payload": pd.Series(payloads, dtype=object), "error": pd.Series(errors, dtype=object)})
+
+
+def message_limits(config: ProjectConfig) -> dict[str, int]:
+    """The most characters a message may have, per channel that sets a limit of its own."""
+    return {}
 
 
 def records_of(frame: pd.DataFrame) -> list[dict]:

@@ -58,7 +58,8 @@ def reads_reasons(frame: pd.DataFrame, plan: Plan) -> pd.Series:
         for i, tier in enumerate(seg.tiers):
             for name in [None, *(v.name for v in tier.variants)]:
                 arm = tier.arm(name)
-                if "reasons" in template_variables(arm.body) | template_variables(arm.subject or ""):
+                if "reasons" in (template_variables(arm.body, plan.partials)
+                                 | template_variables(arm.subject or "", plan.partials)):
                     arms.add((seg.name, i, name))
     if not arms or "segment" not in frame:
         return pd.Series(False, index=frame.index)

@@ -240,3 +240,31 @@ def test_dispatch_results_of_shards_or_hours_add_up_to_one():
         claimed_elsewhere=1, segment_channel={"high": {"sms": 2, "push": 3}, "low": {"sms": 1}},
         segment_tier={"high": {"tier 1 sms": 2}, "low": {"tier 2 sms": 1}}, offer_cost=3.5)
     assert merge_results([]) == DispatchResult()
+
+
+def test_a_message_that_cannot_be_rendered_fails_alone_and_holds_nothing(tmp_path, engine):
+    """A template that passes check but fails for some customers (here: no first name to upper-case) makes
+    those touches failed with the reason; the rest go out, nothing stays planned or claimed. Deferred
+    touches render when decided, so theirs fail at once too, not when they are due."""
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "p.j2").write_text("Hi {{ first_name.upper() }}")
+    (tmp_path / "names.yaml").write_text(PLAYBOOK.replace("template: a.j2", "template: p.j2")
+                                         .replace("template: s.j2", "template: p.j2").replace("name: tiers", "name: names"))
+    plan = compile_file(tmp_path / "names.yaml", load_config())
+    selected = frame({"a": ("rest", 0), "b": ("rest", 0), "c": ("rest", 0), "d": ("rest", 0)})
+    selected["first_name"] = ["Ann", None, "Cy", None]
+    out = choose_tiers(selected, plan, {(c, "push", "marketing") for c in "abcd"})
+    out["deferred"] = [False, False, False, True]
+    out["due_at"] = pd.Timestamp("2026-05-02 01:00")
+    result = dispatch_frame(out, plan, AS_OF, engine=engine, config=load_config(), run_id="r", model_version=None,
+                            dry_run=False)
+    assert result.sent == {"push": 2} and result.failed == {"render_error": 2} and result.deferred == 0
+    with engine.connect() as conn:
+        rows = {r.customer_id: r for r in conn.execute(select(touches.c.customer_id, touches.c.status,
+                                                              touches.c.reason, touches.c.claimed_by))}
+    assert {c: r.status for c, r in rows.items()} == {"a": "sent", "b": "failed", "c": "sent", "d": "failed"}
+    assert rows["b"].reason.startswith("render_error: ") and "upper" in rows["b"].reason
+    assert sorted(m["body"] for m in outbox_lines("push")) == ["Hi ANN", "Hi CY"]
+    dry = dispatch_frame(out, plan, AS_OF + dt.timedelta(days=1), engine=engine, config=load_config(), run_id="r",
+                         model_version=None, dry_run=True)
+    assert any(p["body"].startswith("(would fail: render_error") for p in dry.previews)
