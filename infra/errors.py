@@ -48,6 +48,14 @@ Config, command line, run:
     L213 remote Dask, no server    L331 playbook has no goal
     L214 worker config differs     L332 --from after --to
                                    L340 unknown customer id
+                                   L341 CSV file empty / no header
+                                   L342 CSV file not UTF-8
+                                   L343 CSV quote never closed
+                                   L344 CSV column twice (or by --map)
+                                   L345 CSV row's field count wrong
+                                   L346 --map-type wrong
+                                   L347 rows of unknown customers
+                                   L348 --create-customers misused
     L501 no trained model          L505 too little history        L601 template failed to render
     L502 feature table incomplete  L506 BG/NBD cannot be fitted
     L503 model artifact damaged    L507 drift over the stop level
