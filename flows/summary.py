@@ -36,9 +36,16 @@ def outcome_lines(s: dict) -> list[str]:
                      f"dropped: {format_counts(s.get('deferred_dropped', {}))}")
     if s.get("failed"):
         lines.append(f"failed (dead letters, by provider reason; see the ledger): {format_counts(s['failed'])}")
-    if s.get("retried") or s.get("claimed_elsewhere"):
-        lines.append(f"provider calls retried: {s.get('retried', 0):,}; "
-                     f"left to a concurrent run: {s.get('claimed_elsewhere', 0):,}")
+    if s.get("retried"):
+        lines.append(f"provider calls retried: {s['retried']:,}")
+    if s.get("taken_over"):
+        lines.append(f"taken over from a run that is gone (killed or crashed): {s['taken_over']:,} "
+                     "(any it had already handed to the provider may arrive twice, with the same touch key)")
+    if s.get("claimed_elsewhere"):
+        holders = ", ".join(f"{who} ({n:,})" for who, n in sorted((s.get("holders") or {}).items()))
+        lines.append(f"held by another run that may still be delivering them: {s['claimed_elsewhere']:,}"
+                     f"{' (' + holders + ')' if holders else ''}; once it is gone (or its claims' lease has "
+                     "run out) a rerun of the same playbook and as-of date delivers what it left")
     if s.get("offer_cost"):
         lines.append(f"offers committed: {s['offer_cost']:,.2f} (coupon unit cost of the touches planned)")
     if s.get("triggered_by") is not None and s.get("window"):

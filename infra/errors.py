@@ -64,6 +64,11 @@ Config, command line, run:
                                    L509 too little randomised history for uplift
                                                                   L603 a run step failed; its
                                                                        dependents were skipped
+                                                                  L604 channel misconfigured
+                                                                       (redirect, credentials, url)
+                                                                  L605 a channel broke off (a bug)
+                                                                  L606 the ledger stopped answering
+                                                                       mid-send: the channel stops
 """
 
 from __future__ import annotations

@@ -52,12 +52,22 @@ def due_touches(engine: Engine, now: dt.datetime, playbook: str | None = None) -
                                        "due_at", "payload"])
 
 
+def payload_of(text: str | None) -> dict:
+    """A deferred touch's payload; {} when there is none or it cannot be read (then it is dropped as
+    `no_message` rather than stopping every delivery after it)."""
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _checks(engine: Engine, due: pd.DataFrame, now: dt.datetime) -> pd.Series:
     """Per due touch: why it may not go now, or None when it may."""
-    payloads = [json.loads(p) if p else {} for p in due["payload"]]
+    payloads = [payload_of(p) for p in due["payload"]]
     ids = list(due["customer_id"].astype(str))
     why = pd.Series(None, index=due.index, dtype=object)
-    why[[not p.get("message") for p in payloads]] = "no_message"
+    why[[not isinstance(p.get("message"), dict) for p in payloads]] = "no_message"
 
     zones = pd.Series([p.get("timezone") for p in payloads], index=due.index, dtype=object)
     specs = pd.Series([json.dumps(p.get("quiet"), sort_keys=True) for p in payloads], index=due.index)
@@ -120,7 +130,8 @@ def deliver_due_touches(engine: Engine, config: ProjectConfig, *, now: dt.dateti
             conn.execute(update(touches).where(among(t.touch_key, part), t.status == "deferred")
                          .values(status="planned", updated_at=now))
     ready = due[due["touch_key"].isin(go) | (due["status"] == "planned")]
-    messages = {k: json.loads(p)["message"] for k, p in zip(ready["touch_key"], ready["payload"]) if p}
+    messages = {k: m for k, p in zip(ready["touch_key"], ready["payload"])
+                if isinstance(m := payload_of(p).get("message"), dict)}
     ready = ready[ready["touch_key"].isin(messages)]
     deliver(engine, config, ready, lambda batch: pd.DataFrame([messages[k] for k in batch["touch_key"]]),
             result, "deferred touches")

@@ -36,12 +36,13 @@ from sqlalchemy.engine import Engine
 
 from flows.plan import Plan
 from infra.errors import DispatchError
+from infra.faults import crash_point
 from infra.settings import ProjectConfig
 from infra.warehouse.bulk import among, chunks, fetch_frame, utcnow
 from infra.warehouse.schema import touches
 from tasks import claims
-from tasks.channels import open_channel
-from tasks.claims import crash_point
+from tasks.channels import Channel, Delivery, open_channel
+from tasks.channels.base import safe_text
 from tasks.render import coupon_code, render_batch, unsubscribe_url
 from tasks.common import IO_RETRIES
 
@@ -62,10 +63,12 @@ class DispatchResult:
     segment_channel: dict[str, dict[str, int]] = field(default_factory=dict)
     failed: dict[str, int] = field(default_factory=dict)  # dead-lettered: provider reason -> touches
     retried: int = 0  # provider calls repeated after a timeout, 5xx or 429
-    claimed_elsewhere: int = 0  # planned keys a concurrent run was delivering
+    claimed_elsewhere: int = 0  # planned keys another run still holds (live, or its state is not known)
     progress_id: object | None = None  # the flow run's progress artifact, when there is one
     segment_tier: dict[str, dict[str, int]] = field(default_factory=dict)  # segment -> "1 sms" -> touches
     offer_cost: float = 0.0  # coupon unit cost committed by the planned and deferred touches
+    taken_over: int = 0  # planned keys taken from a run that is gone (killed, crashed), without waiting
+    holders: dict[str, int] = field(default_factory=dict)  # who holds the claimed_elsewhere keys -> keys
 
 
 def merge_results(results: list[DispatchResult]) -> DispatchResult:
@@ -208,7 +211,7 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
            "plan_hash": plan_hash or plan.plan_hash, "step": step, "as_of": as_of, "model_version": model_version,
            "priority": plan.guardrails.priority, "created_at": now, "updated_at": now}
     pending = _write_ledger(engine, ledger, run)  # a concurrent run may have written some of these keys first
-    crash_point("ledger")
+    crash_point("ledger written")
 
     already = pd.Series([status.get(k, "planned") for k in planned["touch_key"]], index=planned.index, dtype=object)
     result.already_sent = int((already == "sent").sum())
@@ -251,10 +254,25 @@ def deliver(engine: Engine, config: ProjectConfig, todo: pd.DataFrame,
             render: Callable[[pd.DataFrame], pd.DataFrame], result: DispatchResult, what: str) -> None:
     """Claim, send and mark `todo` (rows with touch_key and channel), channel by channel, batch by batch.
 
-    Shared by dispatch and the delivery of deferred touches. A provider that is down stops with L602
-    and leaves the undelivered keys planned (unclaimed) for the rerun.
+    Shared by dispatch and the delivery of deferred touches. A provider that is down stops with L602 (a
+    misconfigured channel with L604) and leaves the undelivered keys planned (unclaimed) for the rerun.
+    Whatever ends the delivery, an exception or an interrupt included, what the channel reported done is
+    recorded and every claim this process holds is released before it returns.
     """
-    token = claims.new_token()
+    claimer = claims.Claimer(engine)
+    try:
+        _deliver(engine, config, todo, render, result, what, claimer)
+    finally:
+        try:
+            claimer.close()
+        except Exception:  # noqa: BLE001 - the delivery's own outcome (or error) is what to report
+            log.warning("dispatch %s: claims not released (the warehouse did not answer); a rerun takes them "
+                        "over once this process has ended", what, exc_info=True)
+
+
+def _deliver(engine: Engine, config: ProjectConfig, todo: pd.DataFrame,
+             render: Callable[[pd.DataFrame], pd.DataFrame], result: DispatchResult, what: str,
+             claimer: claims.Claimer) -> None:
     total = len(todo)
     done = 0
     for channel_name, group in todo.groupby("channel"):
@@ -263,31 +281,73 @@ def deliver(engine: Engine, config: ProjectConfig, todo: pd.DataFrame,
         sent = 0
         for start in range(0, len(group), BATCH):
             batch = group.iloc[start : start + BATCH]
-            mine = claims.claim(engine, list(batch["touch_key"]), token)
-            result.claimed_elsewhere += len(batch) - len(mine)
+            claimed = claimer.claim(list(batch["touch_key"]))
+            result.taken_over += claimed.taken_over
+            for holder in claimed.held:
+                result.claimed_elsewhere += holder.keys
+                result.holders[holder.describe(claimer.host)] = holder.keys + result.holders.get(
+                    holder.describe(claimer.host), 0)
             crash_point("claimed")
             done += len(batch)
-            if not mine:
+            if not claimed.mine:
                 continue
-            delivery = channel.send_batch(render(batch[batch["touch_key"].isin(mine)]))
+            delivery = _send(engine, channel, render(batch[batch["touch_key"].isin(claimed.mine)]), claimer.token,
+                             f"{channel_name} ({what})")
             crash_point("delivered")
-            claims.finish(engine, token, delivery)
+            claims.finish(engine, claimer.token, delivery)
             crash_point("marked")
             sent += len(delivery.sent)
             result.retried += delivery.retried
             for why, n in delivery.failed_reasons().items():
                 result.failed[why] = result.failed.get(why, 0) + n
             progress(result, done, total)
-            if delivery.undelivered:
+            if delivery.error is not None:
                 result.sent[str(channel_name)] = result.sent.get(str(channel_name), 0) + sent
                 log.info("dispatch %s: %s", what, counts_line(result))
+                left = len(delivery.undelivered) + len(group) - start - len(batch)
+                if delivery.code == "L606":
+                    raise DispatchError(
+                        f"{what}: {delivery.error}; channel {channel_name} stopped after {sent:,} sent",
+                        hint="check the warehouse, then rerun the same playbook and as-of date: what was "
+                             "delivered is recorded, or taken over from this run once it has ended", code="L606")
+                if delivery.code == "L604":
+                    raise DispatchError(
+                        f"channel {channel_name} is misconfigured: {delivery.error}; {what}: {sent:,} sent, "
+                        f"{sum(result.failed.values()):,} failed, {left:,} not delivered (left planned)",
+                        hint=f"fix channels.{channel_name} in the project config (lifecycle.yaml), then rerun the "
+                             "same playbook and as-of date: nothing was dead-lettered for it", code="L604")
                 raise DispatchError(
                     f"channel {channel_name} is failing: {delivery.error}; {what}: "
-                    f"{sent:,} sent, {sum(result.failed.values()):,} failed, "
-                    f"{len(delivery.undelivered) + len(group) - start - len(batch):,} not delivered (left planned)",
+                    f"{sent:,} sent, {sum(result.failed.values()):,} failed, {left:,} not delivered (left planned)",
                     hint="check the provider, then rerun the same playbook and as-of date: "
                          "the ledger delivers only what is still planned", code="L602")
         result.sent[str(channel_name)] = result.sent.get(str(channel_name), 0) + sent
+
+
+def _send(engine: Engine, channel: Channel, messages: pd.DataFrame, token: str, what: str) -> Delivery:
+    """One batch through its channel. A message that could not be rendered is its own dead letter. If
+    the channel breaks off (an interrupt, a bug), what it reported done is recorded before the error goes
+    on; the rest is released by the claimer."""
+    delivery = Delivery()
+    if "render_error" in messages:
+        broken = messages["render_error"].notna().to_numpy()
+        delivery.failed.update(zip(messages["touch_key"][broken], messages["render_error"][broken]))
+        messages = messages[~broken]
+    try:
+        if len(messages):
+            with claims.Marker(engine, token, delivery):
+                channel.send_batch(messages, delivery)
+    except BaseException as exc:
+        delivery.undelivered.extend(delivery.outstanding(list(messages["touch_key"])))
+        claims.finish(engine, token, delivery)
+        if isinstance(exc, Exception):
+            raise DispatchError(
+                f"channel {what} broke off with {type(exc).__name__}: {safe_text(str(exc))}; "
+                f"{len(delivery.sent):,} of the batch sent and recorded, the rest left planned",
+                hint="this is a bug in lifecycle: report it with the log; a rerun of the same playbook and "
+                     "as-of date delivers what is left", code="L605") from exc
+        raise
+    return delivery
 
 
 def start_progress(plan: Plan, total: int):

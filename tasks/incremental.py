@@ -38,6 +38,7 @@ import pandas as pd
 from sqlalchemy import Float, cast, delete, func, literal_column, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
+from infra.faults import crash_point
 from infra.warehouse import limits
 from infra.warehouse.bulk import utcnow
 from infra.warehouse.schema import customers as customers_table
@@ -390,6 +391,7 @@ def _write_state(conn: Connection, o: pd.DataFrame, e: pd.DataFrame, c: pd.DataF
         conn.execute(feature_blocks.insert().values(
             kind=kind, block=block, first_customer=str(part["customer_id"].iloc[0]),
             last_customer=str(part["customer_id"].iloc[-1]), customers=len(part), data=data))
+        crash_point("feature state")
 
 
 def _save_full(engine: Engine, raw: Extract, old: Mark | None) -> pd.DataFrame | None:

@@ -28,6 +28,7 @@ from sqlalchemy import Date, DateTime, Integer, String, and_, case, cast, exists
 from sqlalchemy.engine import Engine
 
 from flows.plan import FollowUpPlan, Plan, SegmentPlan
+from infra.faults import crash_point
 from infra.warehouse.bulk import among, chunks, fetch_frame, insert_ignore, insert_select_ignore, lookup, utcnow
 from infra.warehouse.schema import events, journeys, orders, plans, touches
 
@@ -90,7 +91,9 @@ def enter(engine: Engine, plan: Plan, as_of: dt.date) -> int:
     columns = [j.customer_id, j.segment, j.playbook, j.entered_on, j.plan_hash, j.playbook_version, j.arm, j.state,
                j.next_step, j.next_due, j.updated_at]
     with engine.begin() as conn:
-        return insert_select_ignore(conn, journeys, columns, rows, ["playbook", "customer_id", "entered_on"])
+        entered = insert_select_ignore(conn, journeys, columns, rows, ["playbook", "customer_id", "entered_on"])
+        crash_point("journeys entry")
+        return entered
 
 
 def _next_step(plan: Plan, current: int) -> int | None:

@@ -120,6 +120,20 @@ touches = Table(
     Index("ix_touches_status", "status", "as_of", "due_at"),  # caps' window, the day's rivals, what is due
 )
 
+# Who holds claims on the ledger: one row per delivering process (a claim token), so a rerun can tell a
+# claim whose run is gone (its process dead on this host, or its Prefect flow run over) from one a live
+# run still holds, and take it over without waiting for the lease.
+claimants = Table(
+    "claimants",
+    metadata,
+    Column("token", String(64), primary_key=True),
+    Column("host", String(255), nullable=False),  # hostname, boot id and pid namespace: where `pid` means something
+    Column("pid", Integer, nullable=False),
+    Column("started", String(32)),  # the process's start time, so a reused pid is not taken for the claimant
+    Column("flow_run_id", String(64)),  # the Prefect flow run it delivered for, when there was one
+    Column("created_at", DateTime, nullable=False),
+)
+
 # Each customer's place in a playbook's steps: one row per (playbook, customer, entry day).
 # arm: treated / holdout; state: active (a follow-up is still ahead) / done / converted (goal reached).
 journeys = Table(

@@ -1,8 +1,10 @@
 """Delivery channels, chosen by `type` in the project config: outbox (default), webhook, email, wecom.
 
-Every channel takes a batch of rendered messages (one row per touch, with its touch key) and returns
-a Delivery: sent, failed (refused for good, with the provider's reason) and undelivered (the provider
-is down; dispatch leaves those keys planned for the rerun). Each message carries its touch key to the
+Every channel takes a batch of rendered messages (one row per touch, with its touch key) and fills in
+a Delivery as it goes: sent, failed (refused for good, with the provider's reason, or an exception no
+rule foresaw, with its class) and undelivered (the provider is down or the channel misconfigured;
+dispatch leaves those keys planned for the rerun). Should a channel break off anyway (an interrupt, a
+bug), what it recorded so far is kept and the rest is released. Each message carries its touch key to the
 provider (the webhook's Idempotency-Key), so a provider can drop the rare repeat after a crash.
 """
 
@@ -23,7 +25,7 @@ __all__ = ["Channel", "Delivery", "OutboxChannel", "open_channel"]
 class Channel(Protocol):
     location: str
 
-    def send_batch(self, messages: pd.DataFrame) -> Delivery: ...
+    def send_batch(self, messages: pd.DataFrame, out: Delivery) -> Delivery: ...
 
 
 def open_channel(name: str, config: ChannelConfig, engine: Engine) -> Channel:

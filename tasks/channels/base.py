@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import random
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -16,22 +18,29 @@ import httpx
 import pandas as pd
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
+from infra.faults import crash_point
+
 if TYPE_CHECKING:
     from infra.settings import ChannelConfig
 
 T = TypeVar("T")
-MAX_RETRY_AFTER = 120.0  # seconds; a longer Retry-After means the provider is down for this run
+PATIENCE = 120.0  # seconds; a provider asking to wait longer (Retry-After) is down for this run
+MAX_REPLY_BYTES = 64 * 1024  # what is read of a provider's reply; a longer one is cut there
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+_ADDRESSES = re.compile(r"[^\s@<>\"']+@[^\s@<>\"']+|\+?\d[\d\s-]{6,}\d")
 
 
 @dataclass
 class Delivery:
-    """The outcome of one batch: keys delivered, refused (dead letter, with the provider's reason), not delivered."""
+    """The outcome of one batch, filled in as it goes: keys delivered, refused (dead letter, with the
+    provider's reason), not delivered. A channel that breaks off leaves what it got done recorded here."""
 
     sent: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # touch_key -> provider's message
     undelivered: list[str] = field(default_factory=list)  # provider down: left planned for the rerun
     retried: int = 0
-    error: str | None = None  # why the provider counts as down
+    error: str | None = None  # why the channel stopped (the provider is down, or the channel misconfigured)
+    code: str = "L602"  # L602 provider down, L604 the channel's settings are wrong, L606 the ledger is gone
 
     def failed_reasons(self) -> dict[str, int]:
         """Dead letters per kind ("http_400", "smtp_550", ...): safe for logs, no provider text."""
@@ -40,6 +49,16 @@ class Delivery:
             kind = why.split(":", 1)[0]
             out[kind] = out.get(kind, 0) + 1
         return out
+
+    def stop(self, error: str, code: str = "L602") -> None:
+        """The channel cannot go on: the first reason wins; what is not yet done stays planned."""
+        if self.error is None:
+            self.error, self.code = error, code
+
+    def outstanding(self, keys: list[str]) -> list[str]:
+        """Those of `keys` with no outcome yet (not sent, failed or handed back)."""
+        done = {*self.sent, *self.failed, *self.undelivered}
+        return [k for k in keys if k not in done]
 
 
 class Retryable(Exception):
@@ -54,6 +73,27 @@ class Refused(Exception):
     """The provider refused this message for good (other 4xx, bad address): dead-letter it."""
 
 
+class Unavailable(Exception):
+    """The channel cannot deliver anything now, whatever the message: its settings are wrong (a redirect,
+    credentials refused, no such endpoint; L604) or the provider asks to wait longer than a run waits
+    (L602). This message and the rest stay planned for the rerun."""
+
+    def __init__(self, message: str, code: str = "L604") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def safe_text(text: str, limit: int = 100) -> str:
+    """Provider or exception text fit for the ledger, logs and a terminal: no control characters, no
+    addresses or phone numbers, at most `limit` characters."""
+    return _ADDRESSES.sub("<address>", _CONTROLS.sub(" ", text)).strip()[:limit]
+
+
+def unexpected(exc: BaseException) -> str:
+    """An exception no channel rule foresaw, as one message's dead letter: its class and a safe message."""
+    return f"error_{type(exc).__name__}: {safe_text(str(exc), 90)}"
+
+
 class RetryPolicy:
     """Exponential backoff with full jitter, capped; a provider's Retry-After wins when longer."""
 
@@ -64,7 +104,7 @@ class RetryPolicy:
         backoff = random.uniform(0, min(self.cap, self.base * 2 ** (state.attempt_number - 1)))
         exc = state.outcome.exception() if state.outcome else None
         after = getattr(exc, "retry_after", None)
-        return max(backoff, min(after, MAX_RETRY_AFTER)) if after is not None else backoff
+        return max(backoff, min(after, PATIENCE)) if after is not None else backoff
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, on_retry: Callable[[], None]) -> T:
         """Await `fn(*args)`, retrying Retryable; the last Retryable propagates when attempts run out."""
@@ -134,36 +174,82 @@ def retry_after(value: str | None) -> float | None:
         return max(0.0, when.timestamp() - time.time())
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A provider's answer: status, headers and at most MAX_REPLY_BYTES of its body."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+async def _read(response: httpx.Response) -> bytes:
+    body = bytearray()
+    async for part in response.aiter_bytes():
+        body += part[: MAX_REPLY_BYTES - len(body)]
+        if len(body) >= MAX_REPLY_BYTES:
+            break
+    return bytes(body)
+
+
 async def http_request(client: httpx.AsyncClient, limiter: RateLimiter, method: str, url: str,
-                       **kwargs: Any) -> httpx.Response:
-    """One rate-limited request; timeouts, connection errors, 5xx and 429 raise Retryable, other 4xx Refused."""
+                       **kwargs: Any) -> Reply:
+    """One rate-limited request, over within the client's timeout in all (a reply that trickles in counts
+    as a timeout). Timeouts, connection errors, 408, 409, 425, 429 and 5xx raise Retryable; a redirect,
+    refused credentials or a missing endpoint raise Unavailable (the channel is misconfigured, nothing is
+    dead-lettered); a Retry-After beyond PATIENCE raises Unavailable too; other 4xx raise Refused."""
     await limiter.acquire()
+    total = client.timeout.read or client.timeout.connect
     try:
-        response = await client.request(method, url, **kwargs)
-    except httpx.TimeoutException:
+        async with asyncio.timeout(total):
+            async with client.stream(method, url, **kwargs) as response:
+                reply = Reply(response.status_code, response.headers, await _read(response))
+    except (httpx.TimeoutException, TimeoutError):
         raise Retryable("timeout") from None
     except httpx.TransportError as exc:
         raise Retryable(f"connection failed ({exc.__class__.__name__})") from None
-    code = response.status_code
-    if code == 429 or code >= 500:
-        raise Retryable(f"HTTP {code}", retry_after(response.headers.get("Retry-After")))
+    code = reply.status_code
+    if code in (408, 409, 425, 429) or code >= 500:
+        after = retry_after(reply.headers.get("Retry-After"))
+        if after is not None and after > PATIENCE:
+            raise Unavailable(f"the provider answered HTTP {code} and asks to wait {after:,.0f} s, longer than "
+                              f"a run waits ({PATIENCE:.0f} s)", code="L602")
+        raise Retryable(f"HTTP {code}", after)
+    if 300 <= code < 400:
+        where = safe_text(reply.headers.get("Location", ""), 80)
+        raise Unavailable(f"the provider answered HTTP {code} (a redirect{' to ' + where if where else ''}), which "
+                          "is not a delivery: set the channel's url to the address it points at")
+    if code in (401, 403, 407):
+        raise Unavailable(f"the provider refused the channel's credentials (HTTP {code})")
+    if code in (404, 405, 410, 415, 426):
+        raise Unavailable(f"HTTP {code}: the channel's url or the provider's API version is wrong")
     if code >= 400:
-        raise Refused(f"http_{code}: {response.text.strip()[:100]}")
-    return response
+        raise Refused(f"http_{code}: {safe_text(reply.text)}")
+    if code < 200:
+        raise Refused(f"http_{code}: not a final answer")
+    return reply
 
 
 SendOne = Callable[[httpx.AsyncClient, RateLimiter, dict[str, Any]], Awaitable[None]]
 
 
 async def send_concurrently(rows: list[dict[str, Any]], config: ChannelConfig, policy: RetryPolicy, send_one: SendOne,
-                            *, headers: dict[str, str] | None = None,
+                            out: Delivery, *, headers: dict[str, str] | None = None,
                             refuse: Callable[[dict[str, Any]], str | None] | None = None) -> Delivery:
-    """Send every row with `send_one` (retried by `policy`), at most `concurrency` at once, one client per batch.
+    """Send every row with `send_one` (retried by `policy`), at most `concurrency` at once, one client per
+    batch, recording each outcome in `out` as it comes.
 
     `refuse(row)` may dead-letter a row before any request (e.g. `no_advisor`). When a row exhausts its
-    retries the provider counts as down: the rows not yet started come back undelivered, for the rerun.
+    retries, or the channel turns out unusable, the rows not yet started come back undelivered, for the
+    rerun. An exception nobody foresaw is that row's dead letter, never the batch's.
     """
-    out = Delivery()
     limiter = RateLimiter(config.rate_per_second)
     gate = asyncio.Semaphore(config.concurrency)
     limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
@@ -174,7 +260,10 @@ async def send_concurrently(rows: list[dict[str, Any]], config: ChannelConfig, p
     async with httpx.AsyncClient(timeout=config.timeout_seconds, limits=limits, headers=headers) as client:
         async def one(row: dict[str, Any]) -> None:
             key = row["touch_key"]
-            why = refuse(row) if refuse else None
+            try:
+                why = refuse(row) if refuse else None
+            except Exception as exc:  # noqa: BLE001 - a row the checks cannot read is that row's failure
+                why = unexpected(exc)
             if why is not None:
                 out.failed[key] = why
                 return
@@ -185,11 +274,25 @@ async def send_concurrently(rows: list[dict[str, Any]], config: ChannelConfig, p
                 try:
                     await policy.call(send_one, client, limiter, row, on_retry=count_retry)
                     out.sent.append(key)
+                    crash_point("sending")
                 except Refused as exc:
-                    out.failed[key] = str(exc)
-                except Retryable as exc:
-                    out.error = out.error or f"{exc} after {config.max_attempts} attempts"
+                    out.failed[key] = safe_text(str(exc), 128)
+                except Unavailable as exc:
+                    out.stop(str(exc), exc.code)
                     out.undelivered.append(key)
+                except Retryable as exc:
+                    out.stop(f"{exc} after {config.max_attempts} attempts")
+                    out.undelivered.append(key)
+                except Exception as exc:  # noqa: BLE001 - this message's failure, never the batch's
+                    out.failed[key] = unexpected(exc)
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:  # an interrupt: the others stop, then it goes on from here
+                    interrupts.append(exc)
+                    out.stop(f"interrupted ({type(exc).__name__})")
 
+        interrupts: list[BaseException] = []
         await asyncio.gather(*(one(r) for r in rows))
+        if interrupts:
+            raise interrupts[0]
     return out

@@ -3,7 +3,9 @@
 Addresses are read from the warehouse for each batch (they never travel through the pipeline or the
 logs). A 4xx reply, a timeout or a dropped connection is retried with backoff (reconnecting); a 5xx
 reply (unknown mailbox, rejected) is a dead letter with the server's message; a customer without an
-address is a dead letter `no_address`. Message-ID is derived from the touch key, so a repeat after a
+address is a dead letter `no_address`, one whose address is not a single address (spaces, CR/LF, a
+list) `bad_address`; any other exception is that message's dead letter with its class. A refused login
+stops the channel (L604) without dead-lettering anyone. Message-ID is derived from the touch key, so a repeat after a
 crash can be recognised downstream.
 """
 
@@ -21,15 +23,22 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
+from infra.faults import crash_point
 from infra.settings import ChannelConfig
 from infra.warehouse.schema import customers
-from tasks.channels.base import Delivery, Refused, Retryable, RetryPolicy, records
+from tasks.channels.base import Delivery, Refused, Retryable, RetryPolicy, Unavailable, records, safe_text, unexpected
 
 _TAG = re.compile(r"<[^>]+>")
+_ADDRESS = re.compile(r"[^\s@<>,;\"]+@[^\s@<>,;\"]+\.[^\s@<>,;\"]+")  # one address: no spaces, CR/LF, lists
 
 
-def build_message(row: dict[str, Any], sender: str, to: str) -> EmailMessage:
-    """A multipart/alternative message: the text part, the HTML part, one-click unsubscribe headers."""
+def build_message(row: dict[str, Any], sender: str, to: str | None) -> EmailMessage:
+    """A multipart/alternative message: the text part, the HTML part, one-click unsubscribe headers.
+    Refused when the customer has no usable address (none, or one that would break the headers)."""
+    if not to:
+        raise Refused("no_address: the customer has no email address")
+    if not _ADDRESS.fullmatch(to):
+        raise Refused("bad_address: the customer's email address is not one address (see the customers table)")
     body = str(row.get("body") or "")
     is_html = bool(row.get("html"))
     text = html.unescape(_TAG.sub("", body)) if is_html else body
@@ -88,9 +97,15 @@ class EmailChannel:
             if 400 <= code < 500:
                 raise Retryable(f"SMTP {code}") from None
             raise Refused(f"smtp_{code}: {reply.decode(errors='replace')[:100]}") from None
+        except smtplib.SMTPSenderRefused as exc:
+            self._close()
+            if 400 <= exc.smtp_code < 500:
+                raise Retryable(f"SMTP {exc.smtp_code}") from None
+            raise Unavailable(f"the SMTP server refuses the sender {exc.sender!r} ({exc.smtp_code}): "
+                              "check the channel's from_address") from None
         except smtplib.SMTPAuthenticationError as exc:
             self._close()
-            raise Retryable(f"SMTP login refused ({exc.smtp_code})") from None
+            raise Unavailable(f"the SMTP server refused the channel's login ({exc.smtp_code})") from None
         except smtplib.SMTPResponseException as exc:
             if 400 <= exc.smtp_code < 500:
                 self._close()
@@ -100,8 +115,8 @@ class EmailChannel:
             self._close()
             raise Retryable(f"SMTP connection failed ({exc.__class__.__name__})") from None
 
-    def send_batch(self, messages: pd.DataFrame) -> Delivery:
-        out = Delivery()
+    def send_batch(self, messages: pd.DataFrame, out: Delivery) -> Delivery:
+        """Send the batch one message at a time, each outcome recorded in `out` as it comes."""
         rows = records(messages)
         addresses = self._addresses([str(r["customer_id"]) for r in rows])
 
@@ -111,24 +126,28 @@ class EmailChannel:
         try:
             for row in rows:
                 key = row["touch_key"]
-                to = addresses.get(str(row["customer_id"]))
                 if out.error is not None:
                     out.undelivered.append(key)
                     continue
-                if not to:
-                    out.failed[key] = "no_address: the customer has no email address"
-                    continue
-                msg = build_message(row, self.config.from_address or "", to)
-                retrying = Retrying(stop=stop_after_attempt(self.config.max_attempts), wait=self.policy.wait,
-                                    retry=retry_if_exception_type(Retryable), reraise=True, before_sleep=count_retry)
                 try:
+                    msg = build_message(row, self.config.from_address or "", addresses.get(str(row["customer_id"])))
+                    retrying = Retrying(stop=stop_after_attempt(self.config.max_attempts), wait=self.policy.wait,
+                                        retry=retry_if_exception_type(Retryable), reraise=True,
+                                        before_sleep=count_retry)
                     retrying(self._send_one, msg)
                     out.sent.append(key)
+                    crash_point("sending")
                 except Refused as exc:
-                    out.failed[key] = str(exc)
-                except Retryable as exc:
-                    out.error = f"{exc} after {self.config.max_attempts} attempts"
+                    out.failed[key] = safe_text(str(exc), 128)
+                except Unavailable as exc:
+                    out.stop(str(exc), exc.code)
                     out.undelivered.append(key)
+                except Retryable as exc:
+                    out.stop(f"{exc} after {self.config.max_attempts} attempts")
+                    out.undelivered.append(key)
+                except Exception as exc:  # noqa: BLE001 - this message's failure, never the batch's
+                    self._close()  # the session may be in any state now
+                    out.failed[key] = unexpected(exc)
         finally:
             self._close()
         return out

@@ -41,14 +41,22 @@ class OutboxChannel:
             return Path(os.path.expanduser(self.config.path))
         return outbox_dir() / f"{self.name}.jsonl"
 
-    def send_batch(self, messages: pd.DataFrame) -> Delivery:
-        """Deliver a batch (columns touch_key, customer_id, subject, body, ...) durably before returning."""
+    def send_batch(self, messages: pd.DataFrame, out: Delivery) -> Delivery:
+        """Deliver a batch (columns touch_key, customer_id, subject, body, ...) durably before returning.
+        A file that cannot be written (disk full, no permission) stops the channel; the batch stays planned."""
         now = utcnow()
-        if self.config.table:
-            self._to_table(messages, now)
-        else:
-            self._to_file(messages, now)
-        return Delivery(sent=list(messages["touch_key"]))
+        keys = list(messages["touch_key"])
+        try:
+            if self.config.table:
+                self._to_table(messages, now)
+            else:
+                self._to_file(messages, now)
+        except OSError as exc:
+            out.stop(f"the outbox {self.location} cannot be written: {exc.strerror or exc.__class__.__name__}")
+            out.undelivered.extend(keys)
+            return out
+        out.sent.extend(keys)
+        return out
 
     def _to_file(self, messages: pd.DataFrame, now: dt.datetime) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -39,9 +39,10 @@ class WebhookChannel:
         self.location = f"webhook {httpx.URL(config.url or '').copy_with(query=None)}"
         self.policy = RetryPolicy(config.max_attempts, config.backoff_seconds, config.backoff_max_seconds)
 
-    def send_batch(self, messages: pd.DataFrame) -> Delivery:
+    def send_batch(self, messages: pd.DataFrame, out: Delivery) -> Delivery:
         headers = {"Content-Type": "application/json", **self.config.headers}
-        return run_async(send_concurrently(records(messages), self.config, self.policy, self._post, headers=headers))
+        return run_async(send_concurrently(records(messages), self.config, self.policy, self._post, out,
+                                           headers=headers))
 
     async def _post(self, client: httpx.AsyncClient, limiter: RateLimiter, row: dict[str, Any]) -> None:
         body = json.dumps(payload(row), ensure_ascii=False, default=str).encode()

@@ -126,3 +126,39 @@ def test_email_goes_over_starttls_with_login_text_and_html_and_list_unsubscribe(
     with engine.connect() as conn:
         status = dict(conn.execute(select(touches.c.customer_id, touches.c.reason)).all())
     assert status["gone"].startswith("smtp_550: 5.1.1 mailbox unavailable")
+
+
+def test_an_address_that_would_break_the_headers_is_that_touch_alone_failing(tmp_path, sqlite_url, smtp_server):
+    """smtplib raises ValueError on an address with CR/LF; it once left the whole batch planned and claimed,
+    and the rerun sent the delivered ones again. Now it is that customer's dead letter."""
+    handler, port, cert = smtp_server
+    engine = open_warehouse(sqlite_url, create=True)
+    upgrade(engine)
+    people = {f"p{i}": f"p{i}@example.com" for i in range(6)}
+    people["p3"] = "p3@example.com\r\nBcc: everyone@example.com"
+    people["p4"] = "p4@example.com, p5@example.com"
+    with engine.begin() as conn:
+        conn.execute(customers.insert(), [{"customer_id": c, "signed_up_at": dt.datetime(2025, 1, 1), "timezone": "UTC",
+                                           "email": e} for c, e in people.items()])
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "e.html.j2").write_text(TEMPLATE)
+    (tmp_path / "mails.yaml").write_text(PLAYBOOK)
+    plan = compile_file(tmp_path / "mails.yaml", load_config())
+    frame = pd.DataFrame({"segment": "rest", "monetary_365d": 0.0, "first_name": None, "churn_score": None,
+                          "churn_reasons": None}, index=pd.Index(list(people), name="customer_id"))
+    allocated = choose_tiers(frame, plan, {(c, "email", "marketing") for c in people})
+    channel = ChannelConfig(type="email", host="localhost", port=port, username="ops", password="s3cret",
+                            from_address="shop@example.com", tls_ca_file=str(cert), backoff_seconds=0.01)
+    config = ProjectConfig(channels={"email": channel})
+
+    def run():
+        return dispatch_frame(allocated, plan, dt.date(2026, 5, 1), engine=engine, config=config, run_id="r",
+                              model_version=None, dry_run=False)
+
+    result = run()
+    assert result.sent == {"email": 4} and result.failed == {"bad_address": 2}
+    assert sorted(to for to, *_ in handler.received) == [[f"p{i}@example.com"] for i in (0, 1, 2, 5)]
+    with engine.connect() as conn:
+        status = dict(conn.execute(select(touches.c.customer_id, touches.c.status)).all())
+    assert status == {**{c: "sent" for c in people}, "p3": "failed", "p4": "failed"}
+    assert run().sent == {} and len(handler.received) == 4  # the rerun sends nothing again

@@ -17,6 +17,7 @@ from infra.errors import DispatchError
 from infra.settings import ChannelConfig, ProjectConfig, load_config
 from infra.warehouse.db import open_warehouse, upgrade
 from infra.warehouse.schema import touches
+from tasks.channels.base import Delivery
 from tasks.allocate import choose_tiers
 from tasks.dispatch import dispatch_frame
 
@@ -34,7 +35,7 @@ segments:
 
 class WecomAPI:
     """gettoken and add_msg_template. Per customer: `stale` gets 42001 once, `busy` errcode -1 once,
-    `gone` errcode 41001, `unreachable` comes back in fail_list; `down` answers -1 to every send.
+    `gone` errcode 84061 (no contact relation), `unreachable` comes back in fail_list; `down` answers -1 to every send.
     A malformed request is answered 400 and recorded in `bad`."""
 
     CORP, SECRET = "ww-corp", "s3cret"
@@ -104,7 +105,7 @@ class WecomAPI:
         if self.down or (kind == "busy" and tries == 0):
             return {"errcode": -1, "errmsg": "system busy"}
         if kind == "gone":
-            return {"errcode": 41001, "errmsg": "access_token missing, hint: [x]"}
+            return {"errcode": 84061, "errmsg": "not external contact, hint: [x]"}
         if kind == "unreachable":
             return {"errcode": 0, "errmsg": "ok", "fail_list": [user], "msgid": "m"}
         return {"errcode": 0, "errmsg": "ok", "fail_list": [], "msgid": f"msg-{user}"}
@@ -180,11 +181,11 @@ def test_expired_token_busy_errors_refusals_and_missing_advisors(plan, engine, a
     assert api.sent_to().count("stale-1") == 2 and api.sent_to().count("busy-1") == 2
     assert "lonely-1" not in api.sent_to() and api.sent_to().count("gone-1") == 1
     rows = ledger(engine)
-    assert rows["gone-1"] == ("failed", "wecom errcode 41001: access_token missing, hint: [x]")
+    assert rows["gone-1"] == ("failed", "wecom errcode 84061: not external contact, hint: [x]")
     assert rows["unreachable-1"][0] == "failed" and rows["unreachable-1"][1].startswith("wecom fail_list")
     assert rows["lonely-1"] == ("failed", "no_advisor: the customer has no assigned advisor")
     assert all(rows[c][0] == "sent" for c in ("ok-1", "stale-1", "busy-1"))
-    assert result.failed == {"wecom errcode 41001": 1, "wecom fail_list": 1, "no_advisor": 1}
+    assert result.failed == {"wecom errcode 84061": 1, "wecom fail_list": 1, "no_advisor": 1}
 
 
 def test_an_external_userid_column_is_the_recipient(engine, api, plan):
@@ -194,7 +195,7 @@ def test_an_external_userid_column_is_the_recipient(engine, api, plan):
                                                     secret=api.SECRET))
     messages = pd.DataFrame({"touch_key": ["k1"], "customer_id": ["c1"], "external_userid": ["wmEXT1"],
                              "advisor_id": ["A001"], "body": ["hello"]})
-    delivery = channel.send_batch(messages)
+    delivery = channel.send_batch(messages, Delivery())
     assert delivery.sent == ["k1"]
     assert api.sends[0]["body"] == {"chat_type": "single", "external_userid": ["wmEXT1"], "sender": "A001",
                                     "text": {"content": "hello"}}
