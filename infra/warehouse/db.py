@@ -112,6 +112,8 @@ PG_LOST = ("server closed the connection", "terminating connection", "could not 
            "connection already closed", "connection not open", "could not receive data", "could not send data",
            "connection timed out", "timeout expired", "ssl connection has been closed", "no connection to the server")
 
+OTHER_TRANSIENT = (*PG_LOST, "database is locked", "deadlock", "could not serialize", "lock wait timeout")
+
 
 def _original(exc: BaseException) -> BaseException:
     return getattr(exc, "orig", None) or exc
@@ -156,7 +158,9 @@ MISSING_HINT = ("restore it from a backup of the warehouse; `lifecycle db upgrad
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a retry can fix this error: a lost connection, a lock or busy timeout, a serialization
-    failure or deadlock. A damaged file, a missing table, bad SQL or bad data fail the same way again."""
+    failure or deadlock. A damaged file, a missing table, bad SQL or bad data fail the same way again.
+    SQLite by its error code, psycopg2 by SQLSTATE (or its message for a lost connection), any other
+    driver's OperationalError by its message."""
     if isinstance(exc, (TimeoutError, ConnectionError, DisconnectionError)):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
@@ -179,7 +183,8 @@ def is_transient(exc: BaseException) -> bool:
             return pgcode in PG_TRANSIENT or pgcode.startswith("08")
         return isinstance(orig, (psycopg2.OperationalError, psycopg2.InterfaceError)) and any(
             m in _first_line(orig).lower() for m in PG_LOST)
-    return False
+    # another driver: an OperationalError whose message says the connection was lost, or a lock or deadlock
+    return isinstance(exc, OperationalError) and any(m in _first_line(orig).lower() for m in OTHER_TRANSIENT)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -112,6 +112,10 @@ def test_lost_connections_and_timeouts_are_retried_our_errors_are_not():
     assert _retried(DisconnectionError("pre-ping failed")) and _retried(TimeoutError()) and _retried(ConnectionResetError())
     invalidated = OperationalError("SELECT 1", {}, Exception("gone"), connection_invalidated=True)
     assert _retried(invalidated)
+    # another driver's error: by its message
+    assert _retried(_wrapped(Exception("server closed the connection unexpectedly")))
+    assert _retried(_wrapped(Exception("Lock wait timeout exceeded; try restarting transaction")))
+    assert not _retried(_wrapped(Exception("Table 'shop.orders' doesn't exist")))
     assert not _retried(WarehouseError("the warehouse has no table orders", code="L413"))
     assert not _retried(ValueError("Out of bounds nanosecond timestamp"))
 
