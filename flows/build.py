@@ -34,7 +34,7 @@ from tasks.events import triggered
 from tasks.followups import enter_journeys, follow_ups
 from tasks.guardrails import is_live
 from tasks.measure import fees_of, measure_task
-from tasks.extract import extract
+from tasks.extract import extract, left_out
 from tasks.features import features
 from tasks.incremental import wait_saved
 from tasks.journeys import due_customers
@@ -131,6 +131,8 @@ def _playbook_run(config: ProjectConfig, parts: Shards | None, playbook: str, as
     summary["measured"] = measured
     summary["follow_ups"] = follow
     summary["failed_steps"], summary["skipped_steps"] = steps.failed, steps.skipped
+    # rows no step can hold, left out (or read as unknown / UTC) instead of failing the run: {"orders": 2}
+    summary["bad_rows"] = raw.bad_rows if parts is None else left_out(engine)
     if parts is not None:
         summary["execution"] = parts.report()
     _publish(plan, summary)

@@ -11,7 +11,7 @@ import datetime as dt
 import os
 import sys
 
-from infra.errors import LifecycleError
+from infra.errors import LifecycleError, UsageError
 
 
 def _prefect_defaults() -> None:
@@ -28,6 +28,29 @@ def _date(text: str) -> dt.date:
         return dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from None
+
+
+# argument -> flag; `end` is --to, or --end for `data generate`
+DATE_FLAGS = {"as_of": "--as-of", "start": "--from", "date_from": "--from", "date_to": "--to"}
+
+
+def _check_dates(args: argparse.Namespace) -> None:
+    """Dates on the command line within those lifecycle works with (infra/warehouse/limits.py): an as-of of
+    0001-01-01 or 9999-12-31 is an L349 here, not an overflow halfway through a command."""
+    from infra.warehouse.limits import ARG_EARLIEST, date_arg_problem
+
+    generate = args.command == "data" and getattr(args, "data_command", None) == "generate"
+    for name, value in vars(args).items():
+        if isinstance(value, dt.date):
+            flag = DATE_FLAGS.get(name) or ("--end" if generate else "--to")
+            problem = date_arg_problem(flag, value)
+            if problem:
+                raise UsageError(problem, hint="give a real date as YYYY-MM-DD", code="L349")
+    if generate and args.days:
+        end = args.end or dt.datetime.now(dt.UTC).date()
+        if (end - ARG_EARLIEST).days < args.days:
+            raise UsageError(f"--days {args.days:,} before {end} reaches back before {ARG_EARLIEST}",
+                             hint="generate fewer days of history", code="L349")
 
 
 def _positive(text: str) -> int:
@@ -134,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     _prefect_defaults()
     args = parser().parse_args(argv)
     try:
+        _check_dates(args)
         from flows import commands, deploycmd, modelcmds
         from flows import reportcmd
         from flows import kpicmd

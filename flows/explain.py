@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from flows.plan import Plan, TierPlan
 from infra.errors import AuthorError, LifecycleError, UsageError
 from infra.settings import ProjectConfig
+from infra.warehouse import limits
 from infra.warehouse.schema import customers, events, orders, touches
 
 HIDDEN = {"first_name", "advisor_id"}  # carried for messages, not shown
@@ -272,14 +273,14 @@ def _conversions(engine: Engine, plan: Plan, customer_id: str, as_of: dt.date) -
     o = orders.c
     with engine.connect() as conn:
         bought = conn.execute(select(o.ordered_at, o.amount).where(
-            o.customer_id == customer_id, o.ordered_at >= start, o.ordered_at < stop)).all()
+            o.customer_id == customer_id, o.ordered_at >= start, o.ordered_at < stop, *limits.good_orders())).all()
         if plan.goal.event == "order.placed":
             goal = [r[0] for r in bought]
         else:
             e = events.c
             goal = conn.execute(select(e.occurred_at).where(e.customer_id == customer_id, e.type == plan.goal.event,
                                                             e.occurred_at >= start, e.occurred_at < stop)).scalars().all()
-        known = conn.execute(select(func.max(o.ordered_at))).scalar()
+        known = conn.execute(select(func.max(o.ordered_at)).where(*limits.good_orders())).scalar()
     first = min((pd.Timestamp(t) for t in goal), default=None)
     return {"event": plan.goal.event, "window_days": plan.goal.window_days, "touch_at": start.isoformat(sep=" "),
             "conversions": len(goal),

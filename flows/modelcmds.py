@@ -139,10 +139,17 @@ def data_import(args: argparse.Namespace) -> int:
     from flows.commands import _context
     from infra.warehouse.db import display_url, upgrade
 
+    mapping, types = csvimport.parse_mapping(args.map), csvimport.parse_type_mapping(args.map_type)
+    if types and args.kind != "events":
+        raise UsageError("--map-type goes with events files", hint="rename columns with --map SOURCE=TARGET",
+                         code="L346")
     _, url, engine = _context(args, create=True)
     upgrade(engine)
-    rows = csvimport.import_file(engine, args.kind, args.file, csvimport.parse_mapping(args.map))
-    print(f"imported {rows:,} {args.kind} from {args.file} into {display_url(url)}")
+    done = csvimport.load(engine, args.kind, args.file, mapping, type_map=types,
+                          create_customers=args.create_customers)
+    created = (f"; created {done.created_customers:,} customers for them (signed up at their first row, "
+               "timezone UTC)" if done.created_customers else "")
+    print(f"imported {done.rows:,} {args.kind} from {args.file} into {display_url(url)}{created}")
     return 0
 
 
@@ -194,3 +201,9 @@ def add_arguments(model_sub, data_sub, common: argparse.ArgumentParser, date, po
     imp.add_argument("kind", choices=["orders", "customers", "events"])
     imp.add_argument("file", metavar="FILE.csv")
     imp.add_argument("--map", action="append", metavar="SRC=DST", help="rename a column before validation (repeatable)")
+    imp.add_argument("--map-type", action="append", metavar="SRC=TYPE", help="events: read the source's event type "
+                     "SRC as TYPE, one of lifecycle's (app.visit, product.view, message.open, message.click, "
+                     "group.message); repeatable")
+    imp.add_argument("--create-customers", action="store_true", help="orders and events: add the customers the "
+                     "warehouse does not have (signed up at their first row in the file, timezone UTC) instead of "
+                     "refusing their rows")

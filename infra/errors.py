@@ -52,12 +52,21 @@ Config, command line, run:
     L207 Prefect server down       L323 --customers/--events      L407 no customers
     L208 server refused deployment      without --orders          L408 no orders
     L209 Secret block missing      L324 no orders at all          L410 generate into non-empty
-    L210 name of a system flow     L325 --dask with one shard
-    L211 prefect-dask missing      L326 --dask not an address
-    L212 Dask scheduler down       L330 no touches to report on
-    L213 remote Dask, no server    L331 playbook has no goal
+    L210 name of a system flow     L325 --dask with one shard     L411 file is not a database
+    L211 prefect-dask missing      L326 --dask not an address     L412 file truncated/corrupted
+    L212 Dask scheduler down       L330 no touches to report on   L413 a table was dropped
+    L213 remote Dask, no server    L331 playbook has no goal      L414 a column was dropped
     L214 worker config differs     L332 --from after --to
                                    L340 unknown customer id
+                                   L341 CSV file empty / no header
+                                   L342 CSV file not UTF-8
+                                   L343 CSV quote never closed
+                                   L344 CSV column twice (or by --map)
+                                   L345 CSV row's field count wrong
+                                   L346 --map-type wrong
+                                   L347 rows of unknown customers
+                                   L348 --create-customers misused
+                                   L349 date outside 1910..2189
     L501 no trained model          L505 too little history        L601 template failed to render
     L502 feature table incomplete  L506 BG/NBD cannot be fitted
     L503 model artifact damaged    L507 drift over the stop level

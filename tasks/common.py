@@ -6,10 +6,9 @@ import functools
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from infra.settings import load_config, resolve_db_url
-from infra.warehouse.db import open_warehouse
+from infra.warehouse.db import is_transient, open_warehouse
 
 
 @functools.lru_cache(maxsize=8)
@@ -23,13 +22,16 @@ def warehouse() -> Engine:
 
 
 def transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry a task only for failures that a retry can fix: a lost or locked database, a timeout.
+    """Retry a task only for failures that a retry can fix: a lost connection, a lock or busy timeout, a
+    serialization failure or deadlock (infra/warehouse/db.py `is_transient`, by SQLite's error code
+    and PostgreSQL's SQLSTATE).
 
-    Author, data and provider errors are not retried: they need a person (the provider retries live
-    inside the channels).
+    A damaged file ("file is not a database"), a dropped table ("no such table"), author, data and
+    provider errors are not retried: they fail the same way again and need a person (the provider
+    retries live inside the channels).
     """
     exc = getattr(state, "data", None)
-    return isinstance(exc, (OperationalError, DisconnectionError, InterfaceError, TimeoutError, ConnectionError))
+    return isinstance(exc, BaseException) and is_transient(exc)
 
 
 # Task options for steps that read or write the warehouse.

@@ -8,7 +8,9 @@ Only `recent_sends` reads the warehouse (the touch ledger); the rest is pure.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
+import logging
 import zoneinfo
 from collections.abc import Sequence
 
@@ -20,8 +22,10 @@ from sqlalchemy.engine import Connection, Engine
 from flows.plan import Plan, QuietHours, VariantPlan
 from infra.settings import ControlGroup
 from infra.warehouse.bulk import IdSet, lookup
+from infra.warehouse.limits import valid_zone
 from infra.warehouse.schema import touches
 
+log = logging.getLogger("lifecycle.guardrails")
 DEFAULT_SEND_TIME = dt.time(10, 0)  # UTC, for playbooks without a schedule
 SAME_DAY_HOURS = 18  # a run this close to its scheduled instant acts today, not as a replay
 
@@ -93,12 +97,15 @@ def _minutes(text: str) -> int:
     return int(hours) * 60 + int(minutes)
 
 
+@functools.lru_cache(maxsize=4096)
 def zone(name: str) -> dt.tzinfo:
-    """The customer's timezone; an unknown or malformed name is judged in UTC."""
-    try:
-        return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    """The customer's timezone; an unknown or malformed name ('America' is a folder of zones, not one)
+    is judged in UTC, with a warning once per name (the run's extract counts such customers)."""
+    if not valid_zone(name):
+        log.warning("timezone %r is not one zoneinfo knows: quiet hours and send times for its customers are "
+                    "judged in UTC", name)
         return dt.UTC
+    return zoneinfo.ZoneInfo(name)
 
 
 def in_quiet_hours(timezones: pd.Series, at: dt.datetime, quiet: QuietHours) -> np.ndarray:

@@ -39,12 +39,13 @@ from sqlalchemy import Float, cast, delete, func, literal_column, select, text, 
 from sqlalchemy.engine import Connection, Engine
 
 from infra.faults import crash_point
+from infra.warehouse import limits
 from infra.warehouse.bulk import utcnow
 from infra.warehouse.schema import customers as customers_table
 from infra.warehouse.schema import events, feature_blocks, feature_watermark, orders
 from tasks.extract import (CUSTOMER_COLUMNS, CUSTOMER_TEXT, DAY_NS, ENGAGEMENT_TYPES, EVENT_COLUMNS, EVENT_SCAN_DAYS,
                            ORDER_COLUMNS, Extract, _frame, _stamp, customer_types, day_end, extract_all,
-                           extract_customers, has_events)
+                           extract_customers, has_events, rows_with_times)
 
 log = logging.getLogger("lifecycle.incremental")
 NAME = "features"
@@ -174,10 +175,11 @@ def _connected(engine: Engine, fn, *args):
 
 def _band(conn: Connection, table, column, e0: dt.datetime, e1: dt.datetime, days: int, extra: dict,
           where=()) -> pd.DataFrame:
-    """Rows dated in [e0 - days, e1 - days): (customer_id, t, the `extra` columns by name)."""
+    """Rows dated in [e0 - days, e1 - days): (customer_id, t, the `extra` columns by name); rows whose time
+    does not parse (SQLite text) are left out as a full extract leaves them out."""
     lo, hi = e0 - dt.timedelta(days=days), e1 - dt.timedelta(days=days)
     stmt = select(table.c.customer_id, _stamp(conn, column), *extra.values()).where(column >= lo, column < hi, *where)
-    return _frame(conn, stmt, ["customer_id", "t", *extra], stamps=("t",))
+    return rows_with_times(_frame(conn, stmt, ["customer_id", "t", *extra], stamps=("t",)), "t")
 
 
 def _cents(values: pd.Series) -> pd.Series:
@@ -186,7 +188,7 @@ def _cents(values: pd.Series) -> pd.Series:
 
 def _advance_orders(conn: Connection, state: pd.DataFrame, e0: dt.datetime, e1: dt.datetime):
     o = orders.c
-    bands = {k: _band(conn, orders, o.ordered_at, e0, e1, k, {"amount": cast(o.amount, Float)})
+    bands = {k: _band(conn, orders, o.ordered_at, e0, e1, k, {"amount": cast(o.amount, Float)}, limits.good_orders())
              for k in sorted({0, *(d for w in ORDER_WINDOWS.values() for d in w)})}
     for b in bands.values():
         b["cents"] = _cents(b["amount"])
@@ -450,7 +452,8 @@ def _customers(conn: Connection, kept: pd.DataFrame | None, since: int | None
         age = func.mod(literal_column(f"{now % 2**32 + 2**32}") - literal_column("xmin::text::bigint"), 2**32)
         changed = extract_customers(conn, None, where=[age <= now - since])
         merged = _merge_customers(kept, changed)
-        total = conn.execute(select(func.count()).select_from(customers_table)).scalar_one()
+        total = conn.execute(select(func.count()).select_from(customers_table)
+                             .where(*limits.good_customers())).scalar_one()
         if merged is not None and len(merged) != total:  # customers were deleted: read them all
             merged = None
     if merged is None:

@@ -13,6 +13,10 @@ months from `start` to `end`, with data up to the end of the `end` day.
 - funnel per sign-up cohort: signed up -> first order -> second order -> third or later;
 - retention: the share of a cohort's buyers ordering in month k after the month of their first order,
   counted only where month k has been seen (first-order month + k <= the month of `end`).
+
+Orders and customers no step can hold (infra/warehouse/limits.py: dated 0001-01-01 or 9999-12-31, an
+infinite amount) are left out here as in a run's extract, so one such row cannot skew every month or
+break the charts.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from sqlalchemy import Integer, and_, case, cast, distinct, exists, func, select
 from sqlalchemy.engine import Connection, Engine
 
 from infra.errors import UsageError, WarehouseError
+from infra.warehouse import limits
 from infra.warehouse.schema import customers, events, orders
 from tasks.extract import ENGAGEMENT_TYPES
+from tasks.extract import last_order_day as _last_order_day
 
 ACTIVE_DAYS = 90
 REPURCHASE_DAYS = 30
@@ -104,11 +110,7 @@ def _instant(day: dt.date) -> dt.datetime:
 
 
 def last_order_day(engine: Engine) -> dt.date | None:
-    with engine.connect() as conn:
-        last = conn.execute(select(func.max(orders.c.ordered_at))).scalar()
-    if last is None:
-        return None
-    return (last if isinstance(last, dt.datetime) else dt.datetime.fromisoformat(str(last))).date()
+    return _last_order_day(engine)
 
 
 def period(engine: Engine, start: dt.date | None, end: dt.date | None) -> tuple[dt.date, dt.date]:
@@ -170,11 +172,12 @@ def _monthly(conn: Connection, first: dt.date, end: dt.date, stop: dt.datetime, 
     o, c = orders.c, customers.c
 
     om = _month_index(conn, o.ordered_at)
+    good = limits.good_orders()
     sales = _rows(conn, select(om, func.count(), func.count(distinct(o.customer_id)), func.sum(o.amount))
-                  .where(o.ordered_at >= begin, o.ordered_at < stop).group_by(om))
+                  .where(o.ordered_at >= begin, o.ordered_at < stop, *good).group_by(om))
     cm = _month_index(conn, c.signed_up_at)
     signups = _rows(conn, select(cm, func.count()).where(c.signed_up_at >= begin, c.signed_up_at < stop).group_by(cm))
-    firsts = select(o.customer_id, func.min(o.ordered_at).label("first_at")).where(o.ordered_at < stop) \
+    firsts = select(o.customer_id, func.min(o.ordered_at).label("first_at")).where(o.ordered_at < stop, *good) \
         .group_by(o.customer_id).subquery()
     fm = _month_index(conn, firsts.c.first_at)
     new = _rows(conn, select(fm, func.count()).where(firsts.c.first_at >= begin).group_by(fm))
@@ -184,7 +187,8 @@ def _monthly(conn: Connection, first: dt.date, end: dt.date, stop: dt.datetime, 
         # the month's end, or the period's end in its last month
         until = min(_instant(add_months(dt.date(index // 12, index % 12 + 1, 1), 1)), stop)
         n = conn.execute(select(func.count(distinct(o.customer_id)))
-                         .where(o.ordered_at >= until - dt.timedelta(days=ACTIVE_DAYS), o.ordered_at < until)).scalar()
+                         .where(o.ordered_at >= until - dt.timedelta(days=ACTIVE_DAYS), o.ordered_at < until,
+                                *good)).scalar()
         active.append((index, int(n or 0)))
     engaged: list[tuple] = []
     if with_events:
@@ -225,7 +229,7 @@ def _cohorts(conn: Connection, first: dt.date, end: dt.date, stop: dt.datetime) 
         select(o.customer_id, o.ordered_at, o.amount,
                func.row_number().over(partition_by=o.customer_id, order_by=(o.ordered_at, o.order_id)).label("rn"),
                month.label("m"), func.min(month).over(partition_by=o.customer_id).label("m0"))
-        .where(o.ordered_at < stop, o.customer_id.in_(members))
+        .where(o.ordered_at < stop, o.customer_id.in_(members), *limits.good_orders())
         .subquery()
     )
     r = ranked.c

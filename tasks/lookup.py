@@ -17,9 +17,10 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from infra.warehouse import limits
 from infra.warehouse.bulk import among, chunks
 from infra.warehouse.schema import customers, events, orders
-from tasks.extract import EVENT_SCAN_DAYS, day_end, has_events
+from tasks.extract import EVENT_SCAN_DAYS, birthday, day_end, has_events
 from tasks.features import build_features
 from tasks.source import FrameSource
 
@@ -45,12 +46,16 @@ def read_rows(engine: Engine, customer_ids: Sequence[str], until: dt.date, since
     start = day_end(since or until) - dt.timedelta(days=EVENT_SCAN_DAYS + 1)
     who, bought, seen = [], [], []
     ids = sorted(set(map(str, customer_ids)))
+    columns = [birthday(customers.c.birthday).label("birthday") if c == "birthday" else customers.c[c]
+               for c in CUSTOMER_COLUMNS]
     with engine.connect() as conn:
         for part in chunks(ids):
-            who += conn.execute(select(*(customers.c[c] for c in CUSTOMER_COLUMNS))
-                                .where(among(customers.c.customer_id, part))).all()
+            # the rows a run's extract leaves out (infra/warehouse/limits.py) are left out here too
+            who += conn.execute(select(*columns).where(among(customers.c.customer_id, part),
+                                                       *limits.good_customers())).all()
             bought += conn.execute(select(orders.c.customer_id, orders.c.ordered_at, orders.c.amount)
-                                   .where(among(orders.c.customer_id, part), orders.c.ordered_at < end)).all()
+                                   .where(among(orders.c.customer_id, part), orders.c.ordered_at < end,
+                                          *limits.good_orders())).all()
             seen += conn.execute(select(events.c.customer_id, events.c.occurred_at, events.c.type)
                                  .where(among(events.c.customer_id, part), events.c.occurred_at >= start,
                                         events.c.occurred_at < end)).all()

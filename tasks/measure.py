@@ -51,6 +51,7 @@ from sqlalchemy.engine import Engine
 
 from flows.plan import Plan
 from infra.errors import UsageError
+from infra.warehouse import limits
 from infra.warehouse.schema import events, orders, touches
 from tasks import stats
 from tasks.guardrails import send_instant
@@ -256,7 +257,7 @@ def _read(engine: Engine, stmt) -> list:
 def data_end(engine: Engine) -> dt.datetime | None:
     """The latest order in the warehouse: how far outcomes are known."""
     with engine.connect() as conn:
-        return conn.execute(select(func.max(orders.c.ordered_at))).scalar_one()
+        return conn.execute(select(func.max(orders.c.ordered_at)).where(*limits.good_orders())).scalar_one()
 
 
 def outcomes(assigned: pd.DataFrame, goal: pd.DataFrame, spend: pd.DataFrame, window_days: int,
@@ -304,7 +305,7 @@ def load_outcomes(engine: Engine, plan: Plan, date_from: dt.date | None = None,
     cond += [t.as_of >= date_from] if date_from else []
     cond += [t.as_of <= date_to] if date_to else []
     who = select(t.customer_id).where(*cond)  # pushed down: only these customers' rows leave the database
-    spend = _times(engine, orders, "ordered_at", "amount", who, start, stop)
+    spend = _times(engine, orders, "ordered_at", "amount", who, start, stop, where=and_(*limits.good_orders()))
     if plan.goal.event == "order.placed":
         goal = spend
     else:

@@ -14,11 +14,10 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from tasks.extract import (DAY_NS, ENGAGEMENT_TYPES, EVENT_SCAN_DAYS, Extract, Shard, day_end, extract_all,
-                           future_order_customers, order_aggregates)
+                           future_order_customers, last_order_day, order_aggregates)
 
 
 class Source(Protocol):
@@ -48,13 +47,7 @@ class SqlSource:
         return future_order_customers(self.engine, start, days, shard=self.shard)
 
     def last_order_day(self) -> dt.date | None:
-        from infra.warehouse.schema import orders
-
-        with self.engine.connect() as conn:
-            last = conn.execute(select(func.max(orders.c.ordered_at))).scalar()
-        if last is None:
-            return None
-        return (last if isinstance(last, dt.datetime) else dt.datetime.fromisoformat(str(last))).date()
+        return last_order_day(self.engine)
 
     def describe(self) -> str:
         from infra.warehouse.db import display_url

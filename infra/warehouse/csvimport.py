@@ -1,16 +1,29 @@
 """Bring your own data: validate an orders / customers / events CSV completely, then load it in one go.
 
 Every row is checked before anything is written; problems come back as `FILE:LINE: column X: ...`
-(the header is line 1), up to MAX_PROBLEMS of them plus a count of the rest, and nothing is
-imported. Datetimes are ISO 8601 dates or datetimes; an offset (`+08:00`, `Z`) is converted to UTC,
-a datetime without one is taken as UTC. Amounts are plain numbers (no currency symbols or thousands
-separators); negative amounts (refunds) are refused: net them into their order or leave them out.
-Extra columns are ignored; `--map src=dst` renames a column first.
+(the header is line 1; a value spanning lines counts them all), up to MAX_PROBLEMS of them plus a count
+of the rest, and nothing is imported. What is refused is what a later step could not hold
+(infra/warehouse/limits.py): the file must be UTF-8 CSV with one header, every row as many fields as
+the header; datetimes are ISO 8601 dates or datetimes within 1900-01-01 to 2200-01-01 (an offset such
+as `+08:00` or `Z` is converted to UTC, a datetime without one is taken as UTC); amounts plain finite
+numbers below 10^10 (no currency symbols or thousands separators; negative amounts, refunds, are
+refused: net them into their order or leave them out); text without control characters and within
+its column's length (schema.py); timezones that zoneinfo knows; emails with one @ and a dotted domain;
+phones of 6-15 digits with an optional leading + (spaces, dashes, dots and brackets are removed);
+event types from the vocabulary (`--map-type SRC=DST` renames a source's own). Orders and events
+must belong to customers the warehouse has, unless `create_customers` (`--create-customers`) adds
+them. Extra columns are ignored; `--map src=dst` renames a column first.
 """
 
 from __future__ import annotations
 
+import csv
+import difflib
 import hashlib
+import io
+import re
+import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,12 +34,19 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from infra.errors import UsageError
-from infra.warehouse import schema
-from infra.warehouse.bulk import among, bulk_insert
+from infra.settings import EVENT_TYPES
+from infra.warehouse import limits, schema
+from infra.warehouse.bulk import among, bulk_insert, chunks
 
 Kind = Literal["orders", "customers", "events"]
 MAX_PROBLEMS = 20
 TIERS = ("bronze", "silver", "gold", "diamond")
+# the types an events file may hold: the vocabulary less orders, which are imported as orders
+ROW_EVENT_TYPES = tuple(t for t in EVENT_TYPES if t != "order.placed")
+EMAIL = r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+"
+PHONE = r"\+?[0-9]{6,15}"
+PHONE_SEPARATORS = r"[\s\-.()]"
+TIME_OF = {"orders": "ordered_at", "events": "occurred_at"}  # when a created customer signed up: their first row
 
 
 @dataclass(frozen=True)
@@ -49,28 +69,51 @@ FORMATS: dict[str, Format] = {
 }
 
 
+@dataclass(frozen=True)
+class Imported:
+    """What an import wrote: its rows, and the customers it created for them (--create-customers)."""
+
+    rows: int
+    created_customers: int = 0
+
+
 class Problems:
-    """Collects `FILE:LINE: column X: ...` lines; raises them all at once."""
+    """Collects `FILE:LINE: column X: ...` lines; raises them all at once.
 
-    def __init__(self, path: Path) -> None:
+    `lines[row]` is the file line a data row starts on (the header is line 1); without it, row + 2.
+    """
+
+    def __init__(self, path: Path, lines: np.ndarray | None = None) -> None:
         self.path, self.lines, self.total = path, [], 0
+        self.at = lines
 
-    def add(self, rows: np.ndarray, column: str, message) -> None:
-        """`rows` are 0-based data rows; `message` a string or a function of the row's raw value."""
+    def line(self, row: int) -> int:
+        return int(self.at[row]) if self.at is not None else int(row) + 2
+
+    def add(self, rows: np.ndarray, column: str | None, message: str | Callable[[int], str]) -> None:
+        """`rows` are 0-based data rows; `message` a string or a function of the row."""
         for row in rows[: max(MAX_PROBLEMS - len(self.lines), 0)]:
             text = message(row) if callable(message) else message
-            self.lines.append((int(row) + 2, f"{self.path.name}:{int(row) + 2}: column {column}: {text}"))
+            where = f"column {column}: " if column else ""
+            self.lines.append((self.line(row), f"{self.path.name}:{self.line(row)}: {where}{text}"))
         self.total += len(rows)
 
-    def raise_if_any(self, kind: str) -> None:
+    def add_group(self, rows: np.ndarray, column: str, message: str) -> None:
+        """Many rows with one problem (an unknown event type): one line, at the first of them, counted once each."""
+        if len(rows):
+            shown = self.total
+            self.add(rows[:1], column, message)
+            self.total = shown + len(rows)
+
+    def raise_if_any(self, kind: str, *, code: str = "L320", hint: str | None = None, what: str | None = None) -> None:
         if not self.total:
             return
         shown = [text for _, text in sorted(self.lines)][:MAX_PROBLEMS]
         more = self.total - len(shown)
         body = "\n".join(shown) + (f"\n... and {more} more problem{'s' if more != 1 else ''}" if more > 0 else "")
-        raise UsageError(f"{self.path}: {self.total} problem{'s' if self.total != 1 else ''} in the {kind} file; "
-                         f"nothing was imported\n{body}",
-                         hint=_format_hint(kind), code="L320")
+        what = what or f"{self.total} problem{'s' if self.total != 1 else ''} in the {kind} file"
+        raise UsageError(f"{self.path}: {what}; nothing was imported\n{body}",
+                         hint=hint or _format_hint(kind), code=code)
 
 
 def _format_hint(kind: str) -> str:
@@ -80,49 +123,150 @@ def _format_hint(kind: str) -> str:
             "with --map SOURCE=TARGET")
 
 
-def read(kind: Kind, path: Path | str, mapping: dict[str, str] | None = None) -> pd.DataFrame:
-    """The validated rows of a CSV file as typed columns (datetimes naive UTC); UsageError on any problem."""
+# ---- the file as text, then as CSV records ------------------------------------------------------
+
+def _text(path: Path) -> str:
+    """The file decoded as UTF-8 (a BOM is dropped); L342 naming the line of the first byte that is not."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        try:
+            data.decode("gb18030")
+            guess = "it reads as GBK/GB18030: convert it with `iconv -f GB18030 -t UTF-8 FILE > FILE.utf8.csv`"
+        except UnicodeDecodeError:
+            guess = "convert it with iconv -f ENCODING -t UTF-8"
+        raise UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); nothing was imported",
+                         hint=f"save the file as UTF-8 (Excel: 'CSV UTF-8'), or {guess}", code="L342") from None
+
+
+@dataclass(frozen=True)
+class _Records:
+    header: list[str]
+    lines: np.ndarray  # the line each data record starts on
+    blank: np.ndarray  # records with no values at all (blank lines), skipped
+
+
+def _records(path: Path, text: str) -> _Records:
+    """Tokenise the whole file once with the csv module (strict: an unclosed quote is an error, not the
+    rest of the file read as one value): the header, where each record starts, and every record whose
+    field count differs from the header's (L345), so pandas then reads values from a well-formed file."""
+    if not text.strip():
+        raise UsageError(f"{path}: the file is empty (no header row); nothing was imported",
+                         hint=_hint_for(path), code="L341")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True, skipinitialspace=True)
+    starts: list[int] = []
+    blank: list[bool] = []
+    wrong: list[tuple[int, int]] = []  # (record, fields)
+    header: list[str] | None = None
+    previous = 0
+    try:
+        for record in reader:
+            if header is None:
+                header = record
+                if not any(v.strip() for v in header):
+                    raise UsageError(f"{path}:1: the first line is blank; it must be the header; nothing was imported",
+                                     hint=_hint_for(path), code="L341")
+            else:
+                empty = not record or (len(record) == 1 and not record[0].strip())
+                if not empty and len(record) != len(header):
+                    wrong.append((len(starts), len(record)))
+                starts.append(previous + 1)
+                blank.append(empty)
+            previous = reader.line_num
+    except csv.Error as exc:
+        line = previous + 1
+        why = ("a quoted value starts on this line and its closing quote (\") is missing"
+               if "end of data" in str(exc) or "field larger" in str(exc) else f"not valid CSV: {exc}")
+        raise UsageError(f"{path}:{line}: {why}; nothing was imported",
+                         hint="a value with a comma, quote or line break goes in double quotes, and a quote inside "
+                              "it is written twice: \"12\"\" screen, black\"", code="L343") from None
+    lines = np.asarray(starts, dtype=np.int64)
+    if wrong:
+        problems = Problems(path, lines)
+        for record, fields in wrong[:MAX_PROBLEMS]:
+            problems.add(np.array([record]), None, f"{fields} field{'s' if fields != 1 else ''} where the header has "
+                         f"{len(header)}")
+        problems.total = len(wrong)
+        problems.raise_if_any("", code="L345", what=f"{len(wrong):,} row{'s' if len(wrong) != 1 else ''} with a "
+                              "different number of fields than the header",
+                              hint="a value containing a comma must be in double quotes (\"1,234.50\"); a row with "
+                                   "fewer fields lacks a value: leave it empty between commas (a,,c)")
+    return _Records([h.strip() for h in header], lines, np.asarray(blank, dtype=bool))
+
+
+def _hint_for(path: Path) -> str:
+    return "a CSV file starts with a header row naming its columns, e.g. customer_id,ordered_at,amount"
+
+
+def _columns(path: Path, header: list[str], mapping: dict[str, str]) -> list[str]:
+    """The header after --map; a name twice (in the file, or made twice by --map) is L344."""
+    names = [mapping.get(h, h) for h in header]
+    seen: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        if name:
+            seen.setdefault(name, []).append(i)
+    twice = {n: at for n, at in seen.items() if len(at) > 1}
+    if twice:
+        parts = []
+        for name, at in twice.items():
+            mapped = [f"--map {header[i]}={name}" for i in at if header[i] != name]
+            parts.append(f"column {name!r} appears {len(at)} times (columns {', '.join(str(i + 1) for i in at)}"
+                         + (f"; made by {', '.join(mapped)}" if mapped else "") + ")")
+        raise UsageError(f"{path}:1: {'; '.join(parts)}; nothing was imported",
+                         hint="each column name once: rename or remove the repeated column in the file, or map a "
+                              "source column to a name the file does not already have", code="L344")
+    return names
+
+
+def _frame(path: Path, text: str, records: _Records, names: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every record's values as text (pandas' C parser on the well-formed file), blank lines dropped;
+    and the line each remaining row starts on."""
+    raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True,
+                      skip_blank_lines=False, header=0)
+    if len(raw) != len(records.lines) or len(raw.columns) != len(names):  # never seen: the two readers disagree
+        rows = list(csv.reader(io.StringIO(text, newline=""), skipinitialspace=True))[1:]
+        raw = pd.DataFrame([r if len(r) == len(names) else [""] * len(names) for r in rows], dtype=str)
+    raw.columns = names
+    keep = ~records.blank
+    return raw[keep].reset_index(drop=True), records.lines[keep]
+
+
+# ---- values -------------------------------------------------------------------------------------
+
+def read(kind: Kind, path: Path | str, mapping: dict[str, str] | None = None,
+         type_map: dict[str, str] | None = None) -> pd.DataFrame:
+    """The validated rows of a CSV file as typed columns (datetimes naive UTC); UsageError on any problem.
+
+    `type_map` (events): source event types renamed to the vocabulary's before they are checked.
+    """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"no such file: {path}", hint="give the path of a CSV file", code="L321")
     fmt = FORMATS[kind]
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    raw.columns = [c.strip() for c in raw.columns]
-    raw = raw.rename(columns=mapping or {})
-    problems = Problems(path)
-    lacking = [c for c in fmt.required if c not in raw.columns]
+    text = _text(path)
+    records = _records(path, text)
+    names = _columns(path, records.header, mapping or {})
+    lacking = [c for c in fmt.required if c not in names]
     if lacking:
         raise UsageError(f"{path}:1: missing column{'s' if len(lacking) > 1 else ''} {', '.join(lacking)} "
-                         f"(the header has: {', '.join(raw.columns)}); nothing was imported",
+                         f"(the header has: {', '.join(names)}); nothing was imported",
                          hint=_format_hint(kind), code="L320")
+    raw, lines = _frame(path, text, records, names)
+    problems = Problems(path, lines)
     out = pd.DataFrame(index=raw.index)
     for col in [c for c in (*fmt.required, *fmt.optional) if c in raw.columns]:
-        text = raw[col].str.strip()
-        blank = (text == "").to_numpy()
+        text_col = raw[col].str.strip()
+        blank = (text_col == "").to_numpy()
         if col in fmt.required and blank.any():
             problems.add(np.flatnonzero(blank), col, "empty (required)")
         if col in fmt.datetimes or col in fmt.dates:
-            parsed = pd.to_datetime(text.where(~blank), format="ISO8601", errors="coerce", utc=True)
-            bad = np.flatnonzero(parsed.isna().to_numpy() & ~blank)
-            problems.add(bad, col, lambda r, t=text: f"not an ISO 8601 date or datetime: {t.iloc[r]!r}")
-            parsed = parsed.dt.tz_convert(None)
-            out[col] = parsed.dt.date if col in fmt.dates else parsed
+            out[col] = _times(problems, col, text_col, blank, date=col in fmt.dates, required=col in fmt.required)
         elif col in fmt.numbers or col in fmt.integers:
-            number = pd.to_numeric(text.where(~blank), errors="coerce")
-            bad = number.isna().to_numpy() & ~blank
-            if col in fmt.integers:
-                bad |= (number.notna() & (number != number.round())).to_numpy()
-            problems.add(np.flatnonzero(bad), col, lambda r, t=text: (
-                f"not a {'whole ' if col in fmt.integers else ''}number: {t.iloc[r]!r}"
-                " (plain digits with a '.' for decimals; no currency symbols or thousands separators)"))
-            negative = np.flatnonzero((number < 0).to_numpy())
-            problems.add(negative, col, lambda r, t=text: (
-                f"negative ({t.iloc[r]}): refunds are not orders; net them into the original order or leave them out"))
-            out[col] = number.round().astype("Int64") if col in fmt.integers else number
+            out[col] = _numbers(problems, col, text_col, blank, whole=col in fmt.integers)
         else:
-            too_long = np.flatnonzero((text.str.len() > 64).to_numpy()) if col.endswith("_id") else np.array([], int)
-            problems.add(too_long, col, "longer than 64 characters")
-            out[col] = text.where(~blank, None)
+            out[col] = _text_values(problems, kind, col, text_col, blank, type_map or {})
     if kind == "customers" and "member_tier" in out:
         tier = out["member_tier"].str.lower()
         bad = np.flatnonzero((tier.notna() & ~tier.isin(TIERS)).to_numpy())
@@ -131,31 +275,151 @@ def read(kind: Kind, path: Path | str, mapping: dict[str, str] | None = None) ->
     key = {"orders": "order_id", "customers": "customer_id"}.get(kind)
     if key and key in out:
         dup = out[key].notna() & out[key].duplicated(keep=False)
-        first_line = out[key][dup].groupby(out[key][dup]).transform(lambda s: s.index.min() + 2)
+        first_row = out[key][dup].groupby(out[key][dup]).transform(lambda s: s.index.min())
         later = np.flatnonzero((dup & out[key].duplicated(keep="first")).to_numpy())
-        problems.add(later, key, lambda r: f"{out[key].iloc[r]!r} repeats line {int(first_line.loc[r])}")
+        problems.add(later, key, lambda r: f"{out[key].iloc[r]!r} repeats line {problems.line(int(first_row.loc[r]))}")
     problems.raise_if_any(kind)
     if kind == "orders":
-        out = _with_order_ids(out)
-    out["_line"] = out.index + 2
+        out = _with_order_ids(out, lines)
+    out["_line"] = lines
     return out.reset_index(drop=True)
 
 
-def _with_order_ids(orders: pd.DataFrame) -> pd.DataFrame:
+def _times(problems: Problems, col: str, text: pd.Series, blank: np.ndarray, *, date: bool,
+           required: bool) -> pd.Series:
+    """ISO 8601 values as naive UTC datetimes (or dates), within the window limits.py names."""
+    parsed = pd.to_datetime(text.where(~blank), format="ISO8601", errors="coerce", utc=True)
+    bad = parsed.isna().to_numpy() & ~blank
+    problems.add(np.flatnonzero(bad), col, lambda r: f"not an ISO 8601 date or datetime: {text.iloc[r]!r}")
+    parsed = parsed.dt.tz_convert(None)
+    outside = ~limits.in_window(parsed) & ~bad & ~blank
+    instead = "leave the row out" if required else "leave it empty"
+    problems.add(np.flatnonzero(outside), col, lambda r: (
+        f"{text.iloc[r]!r} is outside the dates lifecycle works with ({limits.WINDOW_TEXT}); a placeholder such as "
+        f"0001-01-01 or 9999-12-31 is not a date: correct it or {instead}"))
+    parsed = parsed.where(~outside)
+    return parsed.dt.date if date else parsed
+
+
+def _numbers(problems: Problems, col: str, text: pd.Series, blank: np.ndarray, *, whole: bool) -> pd.Series:
+    """Plain finite numbers within what the warehouse's column holds; whole numbers for INTEGER columns."""
+    number = pd.to_numeric(text.where(~blank), errors="coerce").astype("float64")
+    bad = number.isna().to_numpy() & ~blank
+    problems.add(np.flatnonzero(bad), col, lambda r: (
+        f"not a {'whole ' if whole else ''}number: {text.iloc[r]!r}"
+        " (plain digits with a '.' for decimals; no currency symbols or thousands separators)"))
+    values = number.to_numpy()
+    infinite = ~np.isfinite(values) & ~np.isnan(values)
+    problems.add(np.flatnonzero(infinite), col, lambda r: (
+        f"not a finite number: {text.iloc[r]!r} (infinity, or more digits than any amount has)"))
+    lo, hi = (limits.INT_MIN, limits.INT_MAX) if whole else (-limits.MAX_AMOUNT, limits.MAX_AMOUNT)
+    with np.errstate(invalid="ignore"):
+        beyond = np.isfinite(values) & ((values < lo) | (values > hi))
+        fraction = np.isfinite(values) & ~beyond & (values != np.round(values)) if whole else np.zeros(len(values), bool)
+    problems.add(np.flatnonzero(beyond), col, lambda r: (
+        f"{text.iloc[r]} is beyond what the warehouse holds ({'whole numbers ' if whole else ''}up to {hi:,.{0 if whole else 2}f})"))
+    problems.add(np.flatnonzero(fraction), col, lambda r: f"not a whole number: {text.iloc[r]!r}")
+    usable = np.isfinite(values) & ~beyond
+    negative = np.flatnonzero(usable & (values < 0))
+    problems.add(negative, col, lambda r: (
+        f"negative ({text.iloc[r]}): refunds are not orders; net them into the original order or leave them out"
+        if col == "amount" else f"negative ({text.iloc[r]})"))
+    number = number.where(usable & ~fraction)
+    return number.round().astype("Int64") if whole else number
+
+
+def _text_values(problems: Problems, kind: str, col: str, text: pd.Series, blank: np.ndarray,
+                 type_map: dict[str, str]) -> pd.Series:
+    """Text: no control characters, within the column's length, and per column its own form."""
+    control = text.str.contains(limits.CONTROL, regex=True).to_numpy(dtype=bool, na_value=False)
+    problems.add(np.flatnonzero(control), col, lambda r: (
+        f"contains a control character ({_first_control(text.iloc[r])}): ids and text must be printable "
+        "(no NUL, tabs or line breaks)"))
+    if col == "type" and type_map:
+        text = text.where(~text.isin(list(type_map)), text.map(type_map))
+    length = limits.text_length(kind, col)
+    if length is not None:
+        sizes = text.str.len().to_numpy()
+        too_long = np.flatnonzero((sizes > length) & ~control)
+        problems.add(too_long, col, lambda r: (
+            f"longer than {length} characters ({sizes[r]:,}): the warehouse's {kind}.{col} holds {length}"))
+    checked = ~blank & ~control
+    if col == "timezone":
+        bad = np.flatnonzero(checked & ~limits.zone_mask(text.where(checked)))
+        problems.add(bad, col, lambda r: f"{text.iloc[r]!r} is not a timezone zoneinfo knows{_zone_near(text.iloc[r])} "
+                                         "(IANA names such as Asia/Shanghai or Europe/Berlin)")
+    elif col == "email":
+        bad = np.flatnonzero(checked & ~text.str.fullmatch(EMAIL).to_numpy(dtype=bool, na_value=False))
+        problems.add(bad, col, lambda r: f"{text.iloc[r]!r} is not an email address (one @, no spaces, a dot in the "
+                                         "domain: name@example.com)")
+    elif col == "phone":
+        given, text = text, text.str.replace(PHONE_SEPARATORS, "", regex=True)
+        bad = np.flatnonzero(checked & ~text.str.fullmatch(PHONE).to_numpy(dtype=bool, na_value=False))
+        problems.add(bad, col, lambda r: f"{given.iloc[r]!r} is not a phone number (6 to 15 digits with an optional "
+                                         "leading +; spaces, dashes, dots and brackets are removed)")
+    elif col == "type" and kind == "events":
+        _unknown_types(problems, text, checked)
+    return text.where(~blank, None)
+
+
+def _first_control(value: str) -> str:
+    found = re.search(limits.CONTROL, value)
+    return f"{found.group()!r} at character {found.start() + 1}" if found else "?"
+
+
+def _zone_near(name: str) -> str:
+    close = difflib.get_close_matches(name.strip(), sorted(zoneinfo.available_timezones()), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _unknown_types(problems: Problems, types: pd.Series, checked: np.ndarray) -> None:
+    """One problem per unknown event type, at its first row, with how many rows have it."""
+    unknown = checked & ~types.isin(ROW_EVENT_TYPES).to_numpy()
+    if not unknown.any():
+        return
+    rows = np.flatnonzero(unknown)
+    values = types.iloc[rows]
+    for value, at in sorted(values.groupby(values, sort=False).indices.items(), key=lambda kv: rows[kv[1][0]]):
+        where = rows[at]
+        if value == "order.placed":
+            why = "orders are imported as orders (`lifecycle data import orders FILE.csv`), not as events"
+        else:
+            close = difflib.get_close_matches(value, ROW_EVENT_TYPES, n=1, cutoff=0.5)
+            target = close[0] if close else "app.visit"
+            why = (f"not an event type lifecycle knows{f' (did you mean {close[0]!r}?)' if close else ''}; map it "
+                   f"with --map-type {value}={target}, or leave those rows out (types: {', '.join(ROW_EVENT_TYPES)})")
+        count = f"{len(where):,} row{'s' if len(where) != 1 else ''}, the first on this line"
+        problems.add_group(where, "type", f"{value!r} ({count}): {why}")
+
+
+def _with_order_ids(orders: pd.DataFrame, lines: np.ndarray) -> pd.DataFrame:
     """Rows without an order_id get a stable one from (customer_id, ordered_at, amount, line)."""
     if "order_id" not in orders:
         orders["order_id"] = None
     missing = orders["order_id"].isna()
     if missing.any():
         basis = (orders["customer_id"] + "|" + orders["ordered_at"].astype(str) + "|"
-                 + orders["amount"].astype(str) + "|" + (orders.index + 2).astype(str))[missing]
+                 + orders["amount"].astype(str) + "|" + pd.Series(lines, index=orders.index).astype(str))[missing]
         orders.loc[missing, "order_id"] = ["csv-" + hashlib.sha256(b.encode()).hexdigest()[:20] for b in basis]
     return orders
 
 
-def import_file(engine: Engine, kind: Kind, path: Path | str, mapping: dict[str, str] | None = None) -> int:
-    """Validate, refuse ids the warehouse already has, then write every row in one transaction."""
-    frame = read(kind, path, mapping)
+# ---- into the warehouse -------------------------------------------------------------------------
+
+def import_file(engine: Engine, kind: Kind, path: Path | str, mapping: dict[str, str] | None = None, *,
+                type_map: dict[str, str] | None = None, create_customers: bool = False) -> int:
+    """Validate, refuse what the warehouse already has or lacks, then write every row in one transaction;
+    the number of rows written."""
+    return load(engine, kind, path, mapping, type_map=type_map, create_customers=create_customers).rows
+
+
+def load(engine: Engine, kind: Kind, path: Path | str, mapping: dict[str, str] | None = None, *,
+         type_map: dict[str, str] | None = None, create_customers: bool = False) -> Imported:
+    """`import_file`, saying also how many customers it created for orders or events (`create_customers`)."""
+    if create_customers and kind not in TIME_OF:
+        raise UsageError("--create-customers goes with orders or events files",
+                         hint="a customers file creates its own customers", code="L348")
+    frame = read(kind, path, mapping, type_map)
     path = Path(path)
     table = schema.metadata.tables[kind]
     if kind == "customers":
@@ -163,23 +427,48 @@ def import_file(engine: Engine, kind: Kind, path: Path | str, mapping: dict[str,
         frame["timezone"] = (frame["timezone"] if "timezone" in frame else pd.Series(None, index=frame.index, dtype=object)).fillna("UTC")
         missing = np.flatnonzero(frame["signed_up_at"].isna().to_numpy())
         if len(missing):
-            problems = Problems(path)
+            problems = Problems(path, frame["_line"].to_numpy())
             problems.add(missing, "signed_up_at", "empty (the warehouse needs a sign-up time for every customer)")
             problems.raise_if_any(kind)
     key = {"orders": "order_id", "customers": "customer_id"}.get(kind)
     with engine.begin() as conn:
         if key:
-            ids = frame[key].tolist()
             taken: set = set()
-            for start in range(0, len(ids), 1000):
-                chunk = ids[start:start + 1000]
-                taken |= set(conn.execute(select(table.c[key]).where(among(table.c[key], chunk))).scalars())
+            for part in chunks(frame[key].tolist()):
+                taken |= set(conn.execute(select(table.c[key]).where(among(table.c[key], part))).scalars())
             if taken:
-                problems = Problems(path)
+                problems = Problems(path, frame["_line"].to_numpy())
                 rows = np.flatnonzero(frame[key].isin(taken).to_numpy())
                 problems.add(rows, key, lambda r: f"{frame[key].iloc[r]!r} is already in the warehouse")
                 problems.raise_if_any(kind)
-        return bulk_insert(conn, table, frame.drop(columns=["_line"]))
+        created = 0
+        if kind in TIME_OF:
+            strangers = _unknown_customers(conn, frame)
+            if len(strangers) and not create_customers:
+                problems = Problems(path, frame["_line"].to_numpy())
+                rows = np.flatnonzero(frame["customer_id"].isin(strangers).to_numpy())
+                problems.add(rows, "customer_id", lambda r: f"{frame['customer_id'].iloc[r]!r} is not a customer in "
+                                                            "the warehouse")
+                problems.raise_if_any(kind, code="L347", what=(
+                    f"{len(rows):,} {kind if len(rows) != 1 else kind[:-1]} of {len(strangers):,} customer{'s' if len(strangers) != 1 else ''} the "
+                    "warehouse does not have"), hint=(
+                    "import the customers first (`lifecycle data import customers FILE.csv`), or pass "
+                    "--create-customers to add them (signed up at their first row here, timezone UTC)"))
+            if len(strangers):
+                first = frame[frame["customer_id"].isin(strangers)].groupby("customer_id")[TIME_OF[kind]].min()
+                created = bulk_insert(conn, schema.customers, pd.DataFrame(
+                    {"customer_id": first.index.astype(object), "signed_up_at": first.to_numpy(), "timezone": "UTC"}))
+        return Imported(bulk_insert(conn, table, frame.drop(columns=["_line"])), created)
+
+
+def _unknown_customers(conn, frame: pd.DataFrame) -> np.ndarray:
+    """The file's customer ids the warehouse's customers table lacks."""
+    ids = pd.unique(frame["customer_id"].to_numpy(dtype=object))
+    known: set = set()
+    c = schema.customers.c.customer_id
+    for part in chunks(list(ids)):
+        known |= set(conn.execute(select(c).where(among(c, part))).scalars())
+    return np.array([i for i in ids if i not in known], dtype=object)
 
 
 def parse_mapping(pairs: list[str] | None) -> dict[str, str]:
@@ -191,4 +480,21 @@ def parse_mapping(pairs: list[str] | None) -> dict[str, str]:
             raise UsageError(f"--map needs SOURCE=TARGET, got {pair!r}", hint="e.g. --map order_date=ordered_at",
                              code="L322")
         mapping[src.strip()] = dst.strip()
+    return mapping
+
+
+def parse_type_mapping(pairs: list[str] | None) -> dict[str, str]:
+    """`--map-type src=dst` pairs: a source's event type -> one of the vocabulary's (L346 otherwise)."""
+    mapping = {}
+    for pair in pairs or []:
+        src, sep, dst = (p.strip() for p in pair.partition("="))
+        if not sep or not src or not dst:
+            raise UsageError(f"--map-type needs SOURCE_TYPE=TYPE, got {pair!r}",
+                             hint="e.g. --map-type page_view=product.view", code="L346")
+        if dst not in ROW_EVENT_TYPES:
+            close = difflib.get_close_matches(dst, ROW_EVENT_TYPES, n=1, cutoff=0.5)
+            raise UsageError(f"--map-type {pair}: {dst!r} is not an event type lifecycle knows",
+                             hint=(f"did you mean '{close[0]}'? " if close else "")
+                             + f"event types: {', '.join(ROW_EVENT_TYPES)}", code="L346")
+        mapping[src] = dst
     return mapping

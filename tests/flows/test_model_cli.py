@@ -75,5 +75,37 @@ def test_data_import_reports_bad_lines_and_exits_2(tmp_path, capsys):
     assert "orders.csv:3: column ordered_at: not an ISO 8601 date or datetime: '2026-02-30'" in capsys.readouterr().err
     good = tmp_path / "good.csv"
     good.write_text("cid,ordered_at,amount\nc1,2026-01-01,1\n")
-    assert main(["data", "import", "orders", str(good), "--db", db, "--map", "cid=customer_id"]) == 0
+    assert main(["data", "import", "orders", str(good), "--db", db, "--map", "cid=customer_id"]) == 2
+    assert "error[L347]" in capsys.readouterr().err  # c1 is no customer of the warehouse yet
+    assert main(["data", "import", "orders", str(good), "--db", db, "--map", "cid=customer_id",
+                 "--create-customers"]) == 0
     assert "imported 1 orders" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, code", [
+    (b"customer_id,ordered_at,amount\nc1,2026-01-01,1,2\n", "L345"),       # a row with an extra field
+    ("customer_id,ordered_at,amount\n\u5f20,2026-01-01,1\n".encode("gbk"), "L342"),
+    (b"", "L341"),
+    (b'customer_id,ordered_at,amount\nc1,"2026-01-01,1\n', "L343"),       # an unclosed quote
+    (b"order_id,customer_id,ordered_at,amount\no1,c1,2026-01-01,1\n", "L344"),  # with --map order_id=customer_id
+    (b"customer_id,ordered_at,amount\nc1,9999-12-31,inf\n", "L320"),
+])
+def test_data_import_never_shows_a_traceback(tmp_path, capsys, content, code):
+    path = tmp_path / "orders.csv"
+    path.write_bytes(content)
+    db = f"sqlite:///{tmp_path / 'w.db'}"
+    assert main(["data", "import", "orders", str(path), "--db", db, "--map", "order_id=customer_id"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error[{code}]: ") and "Traceback" not in err and "nothing was imported" in err
+
+
+def test_data_import_maps_event_types_and_creates_customers(tmp_path, capsys):
+    path = tmp_path / "events.csv"
+    path.write_text("customer_id,occurred_at,type\nc1,2026-01-01,page_view\nc2,2026-01-02,app.visit\n")
+    db = f"sqlite:///{tmp_path / 'w.db'}"
+    assert main(["data", "import", "events", str(path), "--db", db, "--create-customers"]) == 2
+    assert "--map-type page_view=" in capsys.readouterr().err
+    assert main(["data", "import", "events", str(path), "--db", db, "--map-type", "page_view=product.view",
+                 "--create-customers"]) == 0
+    out = capsys.readouterr().out
+    assert "imported 2 events" in out and "created 2 customers for them" in out
