@@ -22,9 +22,10 @@ from flows.deploycmd import default_as_of, run_name, tag_run
 from flows.plan import Plan
 from flows.sharded import Shards, partitioned, resolve
 from flows.summary import format_counts, outcome_lines
-from infra.errors import LifecycleError, RunError
+from infra.errors import LifecycleError, RunError, UsageError
 from infra.settings import ProjectConfig, load_config
 from infra.warehouse.bulk import utcnow
+from infra.warehouse.limits import date_arg_problem
 from models import registry
 from tasks.allocate import allocate
 from tasks.common import warehouse
@@ -82,7 +83,7 @@ def playbook_flow(playbook: str, as_of: str | None = None, dry_run: bool = False
 def _playbook_run(config: ProjectConfig, parts: Shards | None, playbook: str, as_of: str | None, dry_run: bool,
                   window_start: str | None, window_end: str | None) -> dict[str, Any]:
     plan = compile_file(playbook, config)
-    day = dt.date.fromisoformat(as_of) if as_of else default_as_of(plan)  # deployments omit as_of
+    day = run_day(as_of) if as_of else default_as_of(plan)  # deployments omit as_of
     engine = warehouse()
     model = registry.require(engine, plan.model) if plan.model else None
     tag_run(plan, model, triggered=bool(window_start and window_end))  # deployment runs: model:/trigger: tags
@@ -138,6 +139,19 @@ def _playbook_run(config: ProjectConfig, parts: Shards | None, playbook: str, as
     _publish(plan, summary)
     steps.raise_if_failed()
     return summary
+
+
+def run_day(as_of: str) -> dt.date:
+    """A run's `as_of` parameter (a deployment's, typed in the UI) as a date lifecycle works with."""
+    try:
+        day = dt.date.fromisoformat(str(as_of))
+    except ValueError:
+        raise UsageError(f"as_of {as_of!r} is not a date", hint="give it as YYYY-MM-DD, or leave it out to act on "
+                         "the run's scheduled day", code="L349") from None
+    problem = date_arg_problem("as_of", day)
+    if problem:
+        raise UsageError(problem, hint="give a date within that range", code="L349")
+    return day
 
 
 class Steps:

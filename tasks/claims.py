@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from infra.faults import crash_point
 from infra.warehouse.bulk import among, chunks, insert_ignore, utcnow
+from infra.warehouse.db import is_transient
 from infra.warehouse.schema import claimants, touches
 
 if TYPE_CHECKING:
@@ -295,23 +295,13 @@ def mark_sent(engine: Engine, token: str, keys: Sequence[str]) -> None:
                          .values(status="sent", updated_at=now))
 
 
-_PASSING = ("locked", "busy", "connection", "server closed", "terminat", "timeout", "could not serialize",
-            "deadlock")
-
-
-def _transient(exc: BaseException) -> bool:
-    """A database error a retry can fix: a lost connection, a lock, a serialisation conflict."""
-    return isinstance(exc, DBAPIError) and (exc.connection_invalidated
-                                            or any(w in str(exc.orig).lower() for w in _PASSING))
-
-
 def finish(engine: Engine, token: str, delivery: Delivery) -> None:
     """Record a batch's outcome: sent, failed with the provider's reason, or released for the rerun.
 
     What it records has already happened at the provider, so a lost connection or a locked database
     is retried for up to FINISH_PATIENCE seconds before the error is raised."""
     for attempt in Retrying(stop=stop_after_delay(FINISH_PATIENCE), wait=wait_exponential(0.2, max=5),
-                            retry=retry_if_exception(_transient), reraise=True):
+                            retry=retry_if_exception(is_transient), reraise=True):
         with attempt:
             _finish(engine, token, delivery)
 

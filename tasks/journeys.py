@@ -30,6 +30,7 @@ from sqlalchemy.engine import Engine
 from flows.plan import FollowUpPlan, Plan, SegmentPlan
 from infra.faults import crash_point
 from infra.warehouse.bulk import among, chunks, fetch_frame, insert_ignore, insert_select_ignore, lookup, utcnow
+from infra.warehouse.limits import good_orders
 from infra.warehouse.schema import events, journeys, orders, plans, touches
 
 REACHING = ("planned", "sent", "deferred")  # the main touch is out or on its way
@@ -109,7 +110,7 @@ def exit_on_goal(engine: Engine, plan: Plan, as_of: dt.date) -> int:
     if plan.goal.event == "order.placed":
         reached = exists().where(orders.c.customer_id == j.customer_id,
                                  orders.c.ordered_at >= j.entered_on,
-                                 orders.c.ordered_at < until)
+                                 orders.c.ordered_at < until, *good_orders())  # a damaged row is no conversion
     else:
         reached = exists().where(events.c.customer_id == j.customer_id, events.c.type == plan.goal.event,
                                  events.c.occurred_at >= j.entered_on,

@@ -194,3 +194,14 @@ def test_a_failed_step_skips_its_dependents_the_run_says_why_and_a_rerun_resumes
     _, summary = _run(sqlite_url, monkeypatch)
     assert sum(summary["touches"].values()) == sum(r["status"] == "sent" for r in _ledger(engine)) > 0
     assert not summary["failed_steps"]
+
+
+@pytest.mark.parametrize("as_of", ["tomorrow", "2026-13-01", "0001-01-01", "9999-12-31"])
+def test_a_deployment_runs_as_of_that_is_no_usable_date_is_one_clear_error(as_of):
+    """A deployment's as_of is typed in the Prefect UI, past the command line's checks."""
+    from flows.build import run_day
+    from infra.errors import UsageError
+
+    with pytest.raises(UsageError) as err:
+        run_day(as_of)
+    assert err.value.code == "L349" and as_of in err.value.message
