@@ -20,6 +20,7 @@ Playbook problems, one stable code per kind (each printed as `path:line:col: err
     L104 tab in indentation        L123 not a valid name          L137 unknown segment
     L105 duplicate key             L124 name is not the file's    L138 email without unsubscribe link
     L106 not a mapping / too big   L125 defined twice             L140 segment rule structure
+         (over 1 MiB, aliases)
     L110 expression syntax/type    L130 unknown channel           L141 segment can never match
     L111 unknown feature           L131 channel nobody consents   L142 churn_score without a model
                                    L132 template file missing     L143 template needs an offer
@@ -40,6 +41,7 @@ Playbook problems, one stable code per kind (each printed as `path:line:col: err
                                                                   L156 loaded template not in templates/
                                                                   L157 templates load each other (cycle)
                                                                   L158 template over 64 KiB
+                                                                  L159 nested over 64 levels (and config)
 
 Config, command line, run:
 
