@@ -59,7 +59,9 @@ Config, command line, run:
     L212 Dask scheduler down       L330 no touches to report on
     L213 remote Dask, no server    L331 playbook has no goal
     L214 worker config differs     L332 --from after --to
-                                   L340 unknown customer id
+    L215 channel name invalid      L340 unknown customer id
+    L216 channel URL not http(s)
+    L217 header cannot be sent
     L501 no trained model          L505 too little history        L601 template failed to render
     L502 feature table incomplete  L506 BG/NBD cannot be fitted
     L503 model artifact damaged    L507 drift over the stop level

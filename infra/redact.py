@@ -42,14 +42,19 @@ _WHITESPACE_CONTROLS = frozenset("\t\n\v\f\r\x1c\x1d\x1e\x1f\x85")
 _CSV_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
 
-def _mask_params(part: str) -> str:
+def _hide(secret: str, same_width: bool) -> str:
+    return "*" * len(secret) if same_width else MASK
+
+
+def _mask_params(part: str, same_width: bool = False) -> str:
     """`a=1&token=abc` -> `a=1&token=***`; the rest of the text exactly as written (no re-encoding)."""
     if "=" not in part:
         return part
     out = []
     for item in re.split(r"([&;])", part):
         name, eq, value = item.partition("=")
-        out.append(f"{name}={MASK}" if eq and value and _SECRET_PARAM.match(name.strip()) else item)
+        secret = eq and value and _SECRET_PARAM.match(name.strip())
+        out.append(f"{name}={_hide(value, same_width)}" if secret else item)
     return "".join(out)
 
 
@@ -60,11 +65,14 @@ def mask_url(url: str) -> str:
     `postgresql://lifecycle:pw@db/x` -> `postgresql://lifecycle:***@db/x`; `?token=abc` -> `?token=***`.
     Text that is not a URL comes back with only its control characters stripped.
     """
-    text = strip_controls(str(url), keep="")
+    return _masked_url(strip_controls(str(url), keep=""), same_width=False)
+
+
+def _masked_url(text: str, same_width: bool) -> str:
     try:
         parts = urlsplit(text)
     except ValueError:  # an unbalanced '[' in the host: mask what looks like a password anyway
-        return re.sub(r"(//[^/@:]*:)[^/@]*@", rf"\1{MASK}@", text)
+        return re.sub(r"(//[^/@:]*:)([^/@]*)@", lambda m: f"{m.group(1)}{_hide(m.group(2), same_width)}@", text)
     if not parts.scheme or not parts.netloc and not parts.query:
         return text
     netloc = parts.netloc
@@ -72,24 +80,31 @@ def mask_url(url: str) -> str:
     if at:
         user, colon, password = userinfo.partition(":")
         if colon:
-            userinfo = f"{user}:{MASK}" if password else user
+            userinfo = f"{user}:{_hide(password, same_width)}" if password or same_width else user
         elif parts.scheme.lower() in _TOKEN_USER_SCHEMES:
-            userinfo = MASK
+            userinfo = _hide(user, same_width)
         netloc = f"{userinfo}@{hostport}"
     try:
-        return urlunsplit((parts.scheme, netloc, parts.path, _mask_params(parts.query), _mask_params(parts.fragment)))
+        masked = urlunsplit((parts.scheme, netloc, parts.path, _mask_params(parts.query, same_width),
+                             _mask_params(parts.fragment, same_width)))
     except ValueError:
         return text
+    # urlunsplit drops an empty '?' or '#'; where the width must stay, keep the text as written then
+    return masked if not same_width or len(masked) == len(text) else text
 
 
-def mask_secrets_in(text: str) -> str:
+def mask_secrets_in(text: str, *, same_width: bool = False) -> str:
     """Free text (an exception message, a log line) with every URL masked by `mask_url`, and
     `Bearer abc...`, `password=...`, `token: ...` values replaced by ***; control characters but
-    newline and tab stripped."""
-    text = strip_controls(str(text))
-    text = _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), text)
-    text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
-    return _KEY_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3)}{MASK}", text)
+    newline and tab stripped.
+
+    `same_width=True` masks each secret with as many `*` and leaves control characters alone, so
+    the columns of a source line shown with a caret under it stay where they were.
+    """
+    text = str(text) if same_width else strip_controls(str(text))
+    text = _URL_IN_TEXT.sub(lambda m: _masked_url(m.group(0), same_width) if same_width else mask_url(m.group(0)), text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{_hide(m.group(3), same_width)}", text)
+    return _KEY_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3)}{_hide(m.group(4), same_width)}", text)
 
 
 def strip_controls(text: str, *, keep: str = "\n\t") -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from infra.errors import AuthorError
+from infra.redact import mask_secrets_in
 
 KeyPath = tuple[str | int, ...]
 _WIDEST_EXCERPT = 160  # source lines longer than this are shown as a window around the caret
@@ -66,7 +67,8 @@ class SourceDoc:
         lines = self.text.splitlines()
         if not 1 <= pos.line <= len(lines):
             return ""
-        src, col = lines[pos.line - 1], pos.col
+        # a password or token written in the file is not repeated on the terminal (or a CI log)
+        src, col = mask_secrets_in(lines[pos.line - 1], same_width=True), pos.col
         if len(src) > _WIDEST_EXCERPT:  # a window around the column, not a 100 KB line
             start = max(0, min(col - 1 - _WIDEST_EXCERPT // 2, len(src) - _WIDEST_EXCERPT))
             shown = src[start:start + _WIDEST_EXCERPT]
@@ -106,6 +108,7 @@ _EXPECTED = {
     "string_type": "expected text", "int_type": "expected a whole number", "int_parsing": "expected a whole number",
     "int_from_float": "expected a whole number", "float_type": "expected a number", "float_parsing": "expected a number",
     "bool_type": "expected true or false", "bool_parsing": "expected true or false",
+    "finite_number": "expected a finite number (not .inf or .nan)",
 }
 _BOUNDS = {"greater_than_equal": ("at least", "ge"), "greater_than": ("more than", "gt"),
            "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}
@@ -132,8 +135,11 @@ def _shown(value: Any) -> str:
 
 
 def validation_problems(doc: SourceDoc, exc, allowed_keys: Callable[[KeyPath], list[str]],
-                        codes: Mapping[str, str] = PLAYBOOK_CODES) -> list[str]:
-    """Pydantic validation errors as located messages (one per place); unknown keys get a did-you-mean."""
+                        codes: Mapping[str, str] = PLAYBOOK_CODES, *, hints: Mapping[str, str] | None = None) -> list[str]:
+    """Pydantic validation errors as located messages (one per place); unknown keys get a did-you-mean.
+
+    `hints` (by the key's name) say what to write instead when a value is wrong or out of bounds.
+    """
     problems, seen = [], set()
     for err in exc.errors():
         loc: KeyPath = tuple(err["loc"])
@@ -165,7 +171,8 @@ def validation_problems(doc: SourceDoc, exc, allowed_keys: Callable[[KeyPath], l
                    else _EXPECTED.get(kind, err["msg"].replace("Value error, ", "").replace(" after validation", "")))
         if kind in _EXPECTED or bound or not isinstance(err.get("input"), (dict, list)) and kind not in ("too_short", "too_long"):
             message += f", got {_shown(err.get('input'))}"
-        problems.append(format_located(doc, where, message, code=codes["value"]))
+        hint = (hints or {}).get(str(loc[-1])) if loc else None
+        problems.append(format_located(doc, where, message, hint, code=codes["value"]))
     return problems
 
 
