@@ -10,7 +10,8 @@
         └── DispatchError          L6xx           a channel refused or failed
 
 Author and usage errors exit 2 without a traceback; run errors name what was affected and what to
-run next; anything else is a bug and keeps its traceback.
+run next; anything else is a bug and keeps its traceback. A warning (L218) is printed by `lifecycle
+check` as `path:line:col: warning[CODE] message` and raises nothing: the exit code stays 0.
 
 Playbook problems, one stable code per kind (each printed as `path:line:col: error[CODE] message`):
 
@@ -62,6 +63,8 @@ Config, command line, run:
     L215 channel name invalid      L340 unknown customer id
     L216 channel URL not http(s)
     L217 header cannot be sent
+    L218 warning: a secret written
+         in lifecycle.yaml as text
     L501 no trained model          L505 too little history        L601 template failed to render
     L502 feature table incomplete  L506 BG/NBD cannot be fitted
     L503 model artifact damaged    L507 drift over the stop level

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from infra.errors import ConfigError
-from infra.redact import mask_url, strip_controls
+from infra.redact import mask_secrets_in, mask_url, strip_controls
 from infra.yamlsource import SourceDoc, format_located, load_yaml, position_key, validation_problems
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -224,8 +224,12 @@ def find_config_path(explicit: str | None) -> Path | None:
     return None
 
 
-def load_config(explicit: str | None = None) -> ProjectConfig:
-    """Load and validate the project config; every problem points at file:line:col."""
+def load_config(explicit: str | None = None, *, warnings: list[str] | None = None) -> ProjectConfig:
+    """Load and validate the project config; every problem points at file:line:col.
+
+    With a `warnings` list, what is wrong without stopping a run is appended to it, located like the
+    errors: secrets written into the file instead of as ${ENV_VAR} (`lifecycle check` prints them).
+    """
     path = find_config_path(explicit)
     if path is None:
         return ProjectConfig(channels={k: ChannelConfig(**v) for k, v in DEFAULT_CHANNELS.items()})
@@ -235,8 +239,14 @@ def load_config(explicit: str | None = None) -> ProjectConfig:
         raise _located(doc, (), "the config must be a mapping of settings", "start with `channels:`", "L203")
     if doc.problems:
         raise ConfigError(f"{len(doc.problems)} problem(s) in {path}", code="L204", problems=doc.problems)
+    if warnings is not None:
+        warnings += inline_secrets(doc)
     data = _expand_env(data, doc, ())
     problems = _name_problems(doc, data) + _channel_problems(doc, data)
+    if "source" in data:  # set by lifecycle, not a setting: an unknown key like any other
+        problems.append(format_located(doc, ("source",), "unknown key 'source'",
+                                       f"allowed keys here: {', '.join(_allowed_keys(()))}", code="L204"))
+        data = {k: v for k, v in data.items() if k != "source"}
     if problems and isinstance(data.get("channels"), dict):  # a bad name is reported once, at its line
         data = {**data, "channels": {k: v for k, v in data["channels"].items()
                                      if isinstance(k, str) and CHANNEL_NAME.match(k)}}
@@ -277,6 +287,51 @@ _HINTS = {
     "percent": "the share of customers held out, 0 to 50",
 }
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
+
+
+# Settings whose value is a credential, and headers that carry one.
+_SECRET_KEY = re.compile(r"(?i)^(.*[_-])?(password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|"
+                         r"private[_-]?key|client[_-]?secret|corpsecret|credentials?)$")
+_SECRET_HEADER = re.compile(r"(?i)^(authorization|proxy-authorization|cookie|x-[a-z0-9-]*(token|key|secret|auth)[a-z0-9-]*)$")
+_SECRET_HINT = ("put it in an environment variable and write `${NAME}` here (e.g. `password: ${SMTP_PASSWORD}`, "
+                "`Authorization: Bearer ${WEBHOOK_TOKEN}`): lifecycle.yaml is shared and committed, secrets in it "
+                "leak with it")
+
+
+def inline_secrets(doc: SourceDoc) -> list[str]:
+    """Warnings (L218) for credentials written into the config as text instead of `${ENV_VAR}`.
+
+    Looks at the file as written (before ${VAR} are expanded): settings named like a secret, headers
+    that authorise, and anything else with a credential inside (`https://user:pw@...`, `?token=...`,
+    `Bearer ...`). A value made only of ${VAR} references is what it should be.
+    """
+    found: list[str] = []
+
+    def walk(value: Any, path: tuple) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, (*path, k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, (*path, i))
+        elif isinstance(value, str) and path:
+            literal = _ENV_REF.sub("", value)  # what is written as text, ${VAR} references left out
+            if not literal.strip():
+                return
+            key, in_headers = str(path[-1]), len(path) >= 2 and path[-2] == "headers"
+            if in_headers and _SECRET_HEADER.match(key) and "${" not in value:
+                message = f"header `{key}` carries a credential written in the file"
+            elif not in_headers and _SECRET_KEY.match(key) and "${" not in value:
+                message = f"`{key}` is written in the file as text"
+            elif mask_secrets_in(literal, same_width=True) != literal:
+                message = "a credential is written in the file inside this value (in a URL, or as a token)"
+            else:
+                return
+            found.append(format_located(doc, path, message, _SECRET_HINT, code="L218", severity="warning",
+                                        at=doc.positions.get(path)))  # the value: what to replace
+
+    walk(doc.data, ())
+    return found
 
 
 def _name_problems(doc: SourceDoc, data: dict[str, Any]) -> list[str]:

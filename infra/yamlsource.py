@@ -81,11 +81,12 @@ class SourceDoc:
 
 
 def format_located(doc: SourceDoc, key_path: KeyPath, message: str, hint: str | None = None,
-                   *, code: str, at: Position | None = None) -> str:
-    """`path:line:col: error[CODE] message`, the line with a caret, and a hint: how every author error reads."""
+                   *, code: str, at: Position | None = None, severity: str = "error") -> str:
+    """`path:line:col: error[CODE] message`, the line with a caret, and a hint: how every author error
+    reads (`warning[CODE]` for what `check` points out without failing)."""
     pos = at or doc.locate(key_path)
     where = f" (at {'.'.join(str(k) for k in key_path)})" if key_path else ""
-    out = f"{doc.path}:{pos.line}:{pos.col}: error[{code}] {message}{where}"
+    out = f"{doc.path}:{pos.line}:{pos.col}: {severity}[{code}] {message}{where}"
     snippet = doc.excerpt(pos)
     if snippet:
         out += "\n" + snippet
