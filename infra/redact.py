@@ -7,6 +7,7 @@ artifact, the ledger or a file someone opens in a spreadsheet:
     mask_secrets_in(text)    the same for every URL in free text, plus `Bearer ...` and `password=...`
     strip_controls(text)     C0/C1 control characters (and bidi overrides) removed; newline and tab kept
     csv_safe(value)          '=HYPERLINK(...)  -> "'=HYPERLINK(...)": a spreadsheet shows it, never runs it
+    mask_id / mask_person    C00012342 -> C00****42; a message's customer id and first name masked
 
 None of them raises on odd input: a masking helper that fails would take the message it guards with it.
 """
@@ -131,6 +132,24 @@ def strip_controls(text: str, *, keep: str = "\n\t") -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def mask_id(value: Any) -> str:
+    """An identifier a reviewer can tell apart but not use: C00012342 -> C00****42 (short ones: ****)."""
+    text = str(value)
+    return text[:3] + "****" + text[-2:] if len(text) > 6 else "****"
+
+
+def mask_person(text: str | None, customer_id: Any = None, first_name: Any = None) -> str | None:
+    """A rendered message with its customer's id and first name masked, as `lifecycle plan` shows
+    samples: the id as `mask_id` does, the name as its first letter and `***`."""
+    if text is None:
+        return None
+    if customer_id is not None and str(customer_id):
+        text = text.replace(str(customer_id), mask_id(customer_id))
+    if isinstance(first_name, str) and len(first_name) > 1:
+        text = text.replace(first_name, first_name[0] + "***")
+    return text
 
 
 def csv_safe(value: Any) -> Any:

@@ -71,3 +71,12 @@ def test_mask_functions_never_raise(text):
 ])
 def test_csv_safe(value, safe):
     assert csv_safe(value) == safe
+
+
+def test_mask_id_and_mask_person():
+    from infra.redact import mask_id, mask_person
+
+    assert mask_id("C00012342") == "C00****42" and mask_id("abc") == "****"
+    assert mask_person("Hi Meiling, C00012342", "C00012342", "Meiling") == "Hi M***, C00****42"
+    assert mask_person("Hi 王芳您好", "C1", "王芳") == "Hi 王***您好"  # no word boundaries needed
+    assert mask_person(None, "C1", "Ann") is None and mask_person("Hi A", "C1", "A") == "Hi A"
