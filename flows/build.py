@@ -23,6 +23,7 @@ from flows.plan import Plan
 from flows.sharded import Shards, partitioned, resolve
 from flows.summary import format_counts, outcome_lines
 from infra.errors import LifecycleError, RunError, UsageError
+from infra.redact import mask_secrets_in
 from infra.settings import ProjectConfig, load_config
 from infra.warehouse.bulk import utcnow
 from infra.warehouse.limits import date_arg_problem
@@ -169,9 +170,11 @@ class Steps:
         try:
             return fn()
         except LifecycleError as exc:
-            self.failed[name] = f"[{exc.code}] {exc.message}"
+            self.failed[name] = mask_secrets_in(f"[{exc.code}] {exc.message}")
         except Exception as exc:  # noqa: BLE001 - recorded and re-raised at the end as a run error
-            self.failed[name] = f"{type(exc).__name__}: {exc}"
+            # an exception's text may quote a URL with its credentials; it reaches the summary, the
+            # artifact and the run error's message
+            self.failed[name] = mask_secrets_in(f"{type(exc).__name__}: {exc}")
         return default
 
     def raise_if_failed(self) -> None:
@@ -229,7 +232,9 @@ def _publish(plan: Plan, summary: dict[str, Any]) -> None:
         lines += ["", measured["markdown"]]
     lines += ["", f"Full report: `lifecycle report {plan.name}`; one customer's decisions: "
                   f"`lifecycle explain CUSTOMER_ID --playbook {plan.name}`"]
-    create_markdown_artifact(markdown="\n".join(lines), key=f"{key}-summary", description="run summary")
+    # outcome_lines masks what it quotes; the whole page once more, as it leaves for the server
+    create_markdown_artifact(markdown=mask_secrets_in("\n".join(lines)), key=f"{key}-summary",
+                             description="run summary")
     rows = [
         {"segment": seg, "customers": n, **summary["segment_tier"].get(seg, {})}
         for seg, n in summary["segments"].items()

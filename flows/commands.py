@@ -18,6 +18,7 @@ from flows.compiler import compile_file
 from flows.plan import Plan
 from flows.summary import format_counts, format_summary
 from infra.errors import UsageError, WarehouseError
+from infra.redact import mask_url
 from infra.settings import SHIPPED_PLAYBOOKS, ProjectConfig, load_config, resolve_db_url
 from infra.warehouse import schema
 from infra.warehouse.db import (current_revision, display_url, head_revision, open_warehouse,
@@ -33,6 +34,11 @@ def _context(args: argparse.Namespace, *, create: bool = False) -> tuple[Project
     if config.source != "built-in default":
         os.environ["LIFECYCLE_CONFIG"] = str(Path(config.source).resolve())
     return config, url, engine
+
+
+def _shown(url: str) -> str:
+    """A warehouse URL as it may be printed: password (SQLAlchemy's ***) and credential parameters masked."""
+    return mask_url(display_url(url))
 
 
 def resolve_playbook(arg: str) -> Path:
@@ -85,7 +91,10 @@ def check(args: argparse.Namespace) -> int:
     """Validate the project config, then every playbook and its templates; report every problem."""
     from infra.errors import AuthorError
 
-    config = load_config(args.config)  # a broken config is reported (exit 2) before any playbook
+    warnings: list[str] = []
+    config = load_config(args.config, warnings=warnings)  # a broken config is reported (exit 2) before any playbook
+    for warning in warnings:  # loaded once here, so each is printed once; they do not fail the check
+        print(warning + "\n", file=sys.stderr)
     failed = 0
     for arg in args.playbooks or [None]:
         try:
@@ -189,7 +198,7 @@ def demo(args: argparse.Namespace) -> int:
     world answer back over that month (simulated responses) and report what each playbook caused."""
     config, url, engine = _context(args, create=True)
     upgrade(engine)
-    print(f"warehouse: {display_url(url)}")
+    print(f"warehouse: {_shown(url)}")
     with engine.connect() as conn:
         n = conn.execute(select(func.count()).select_from(schema.customers)).scalar_one()
     if n == 0:
@@ -251,7 +260,7 @@ def _generate(engine: Engine, customers: int, days: int, seed: int, end: dt.date
 def data_generate(args: argparse.Namespace) -> int:
     _, url, engine = _context(args, create=True)
     upgrade(engine)
-    print(f"warehouse: {display_url(url)}")
+    print(f"warehouse: {_shown(url)}")
     _generate(engine, args.customers, args.days, args.seed, args.end or _today())
     return 0
 
@@ -271,15 +280,15 @@ def _train(engine: Engine, as_of: dt.date, horizon: int):
 def db_upgrade(args: argparse.Namespace) -> int:
     _, url, engine = _context(args, create=True)
     before, after = upgrade(engine)
-    print(f"{display_url(url)}: schema {'created at' if before is None else 'upgraded from ' + before + ' to'} {after}"
-          if before != after else f"{display_url(url)}: schema already at {after}")
+    print(f"{_shown(url)}: schema {'created at' if before is None else 'upgraded from ' + before + ' to'} {after}"
+          if before != after else f"{_shown(url)}: schema already at {after}")
     return 0
 
 
 def db_status(args: argparse.Namespace) -> int:
     _, url, engine = _context(args)
     rev = current_revision(engine)
-    print(f"warehouse: {display_url(url)}")
+    print(f"warehouse: {_shown(url)}")
     print(f"schema:    {rev or 'none'} (this version of lifecycle: {head_revision()})")
     if rev:
         with engine.connect() as conn:
@@ -304,6 +313,7 @@ def _ui_hint(summaries: list[dict]) -> str:
         from prefect.settings import PREFECT_UI_URL
 
         ui = (PREFECT_UI_URL.value() or ui).rstrip("/")
+    ui = mask_url(ui)  # PREFECT_UI_URL may carry credentials (https://user:pw@prefect.example)
     runs = "\n".join(f"  {s['flow_run_name']}: {ui}/runs/flow-run/{s['flow_run_id']}" for s in summaries)
     if os.environ.get("PREFECT_API_URL"):
         return "Runs in the Prefect UI:\n" + runs

@@ -18,6 +18,7 @@ from flows.compiler import compile_file
 from flows.plan import Plan
 from infra import deploy
 from infra.errors import AuthorError, ConfigError, WarehouseError
+from infra.redact import mask_url
 from infra.settings import REPO_ROOT, load_config
 
 SERVER_HINT = ("start one with `lifecycle ui` (a local server on 127.0.0.1:4200) or `docker compose -f "
@@ -206,7 +207,7 @@ def _check_warehouse(url: str, plans: list[tuple[Plan, Path]]) -> str:
 
     engine = open_warehouse(url)
     try:
-        where = display_url(url)
+        where = mask_url(display_url(url))
         revision = current_revision(engine)
         if revision is None:
             raise WarehouseError(f"the warehouse at {where} has no lifecycle tables yet; runs on it would fail",
@@ -262,11 +263,11 @@ def deploy_cmd(args: argparse.Namespace) -> int:
     with get_client(sync_client=True) as client:
         problem = client.api_healthcheck()
         if problem is not None:
-            raise ConfigError(f"no Prefect server answers at {url} ({type(problem).__name__})",
+            raise ConfigError(f"no Prefect server answers at {mask_url(url)} ({type(problem).__name__})",
                               hint="check PREFECT_API_URL (it ends in /api), or " + SERVER_HINT, code="L207")
         if args.db_secret:
             _require_secret(client, args.db_secret)
-        print(f"Prefect server: {url}")
+        print(f"Prefect server: {mask_url(url)}")
         print(checked)
         print(_ensure_pool(client, args.pool))
         managed = _managed(client)

@@ -15,6 +15,7 @@ import pandas as pd
 from typing import TYPE_CHECKING
 
 from infra.errors import UsageError
+from infra.redact import csv_safe, strip_controls
 from infra.warehouse import csvimport
 
 if TYPE_CHECKING:  # tasks.source imports Prefect; `lifecycle check` must not pay for that
@@ -101,7 +102,7 @@ def model_score(args: argparse.Namespace) -> int:
     reasons = model.reasons(feats.loc[top]).reindex(feats.index).fillna("")
     for col in reasons.columns:
         out[col] = reasons[col].to_numpy()
-    out.to_csv(args.out, index=False)
+    _csv_safe_text(out).to_csv(args.out, index=False)
     took = time.perf_counter() - started
     print(f"scored {len(out):,} customers as of {as_of} with {model.version} in {took:.1f} s -> {args.out}")
     print(f"  mean churn probability {scores.mean():.1%}; {int((scores >= 0.5).sum()):,} at 50% or more; "
@@ -113,8 +114,16 @@ def model_score(args: argparse.Namespace) -> int:
         print(f"  drift: none (largest PSI {report.worst:.3f})")
     if n:
         example = out.set_index("customer_id").loc[top[0]]
-        print(f"  highest risk: {top[0]} {example['churn_probability']:.0%}: {joined(reasons.loc[[top[0]]]).iloc[0]}")
+        print(strip_controls(f"  highest risk: {top[0]} {example['churn_probability']:.0%}: "
+                             f"{joined(reasons.loc[[top[0]]]).iloc[0]}", keep=""))
     return 0
+
+
+def _csv_safe_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with every text cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab,
+    CR first) prefixed with a quote (infra/redact.py csv_safe); numbers stay numbers."""
+    text = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])]
+    return frame.assign(**{c: frame[c].map(csv_safe, na_action="ignore") for c in text}) if text else frame
 
 
 def model_backtest(args: argparse.Namespace) -> int:
@@ -137,6 +146,7 @@ def model_backtest(args: argparse.Namespace) -> int:
 
 def data_import(args: argparse.Namespace) -> int:
     from flows.commands import _context
+    from infra.redact import mask_url
     from infra.warehouse.db import display_url, upgrade
 
     mapping, types = csvimport.parse_mapping(args.map), csvimport.parse_type_mapping(args.map_type)
@@ -149,7 +159,7 @@ def data_import(args: argparse.Namespace) -> int:
                           create_customers=args.create_customers)
     created = (f"; created {done.created_customers:,} customers for them (signed up at their first row, "
                "timezone UTC)" if done.created_customers else "")
-    print(f"imported {done.rows:,} {args.kind} from {args.file} into {display_url(url)}{created}")
+    print(f"imported {done.rows:,} {args.kind} from {args.file} into {mask_url(display_url(url))}{created}")
     return 0
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 from sqlalchemy.engine import Engine
 
 from flows.plan import Plan
+from infra.redact import mask_id, mask_person, strip_controls
 from tasks.allocate import allocate_frame
 from tasks.dispatch import ledger_status, render_messages, touch_keys
 from tasks.extract import extract_all
@@ -27,10 +28,7 @@ from tasks.segment import assign_segments, entrants
 SAMPLES = 3  # rendered messages per tier
 
 
-def mask(value: Any) -> str:
-    """An identifier a reviewer can tell apart but not use: C00012342 -> C00****42."""
-    text = str(value)
-    return text[:3] + "****" + text[-2:] if len(text) > 6 else "****"
+mask = mask_id  # an identifier a reviewer can tell apart but not use: C00012342 -> C00****42
 
 
 def preview(plan: Plan, engine: Engine, as_of: dt.date, model: Any = None, *, control: Any = None) -> dict[str, Any]:
@@ -90,13 +88,9 @@ def _samples(planned: pd.DataFrame, plan: Plan, model: Any) -> list[dict[str, An
     out = []
     for rec in rendered.to_dict("records"):
         cid, name = str(rec["customer_id"]), names.get(rec["customer_id"])
-        def hide(text: str | None) -> str | None:
-            if text is None:
-                return None
-            text = text.replace(cid, mask(cid))
-            return text.replace(name, name[0] + "***") if isinstance(name, str) and len(name) > 1 else text
         out.append({"segment": rec["segment"], "tier": int(rec["tier"]), "variant": rec["variant"],
-                    "customer": mask(cid), "subject": hide(rec["subject"]), "body": hide(rec["body"])})
+                    "customer": mask(cid), "subject": mask_person(rec["subject"], cid, name),
+                    "body": mask_person(rec["body"], cid, name)})
     return out
 
 
@@ -128,4 +122,4 @@ def format_preview(r: dict[str, Any]) -> str:
         subject = f"[{s['subject']}] " if s["subject"] else ""
         body = " ".join(s["body"].split())
         lines.append(f"    {s['segment']}/tier {s['tier'] + 1}{arm} {s['customer']}: {subject}{body[:150]}")
-    return "\n".join(lines)
+    return strip_controls("\n".join(lines))  # a name or template text cannot act on the terminal

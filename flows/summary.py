@@ -1,7 +1,15 @@
 """Run summaries as text: the terminal's (format_summary) and the counts both it and the flow's
-artifacts print. Pure: no Prefect, no database."""
+artifacts print. Pure: no Prefect, no database.
+
+What leaves here is masked (infra/redact.py): credentials in outbox locations and failure texts,
+and in dry-run previews the customer's id and first name, as `lifecycle plan` shows its samples.
+"""
 
 from __future__ import annotations
+
+from infra.redact import mask_id, mask_person, mask_secrets_in
+
+PREVIEWS = 4  # dry-run previews in the terminal summary
 
 
 def format_summary(s: dict) -> str:
@@ -16,10 +24,27 @@ def format_summary(s: dict) -> str:
         per = s["segment_channel"].get(seg, {})
         lines.append("  " + f"{seg:<{width}}  {n:>9,}" + "".join(f"  {per.get(c, 0):>8,}" for c in channels))
     lines += ["  " + line for line in outcome_lines(s)]
-    for p in s.get("previews", [])[:4]:
-        subject = f"[{p['subject']}] " if p.get("subject") else ""
-        lines.append(f"  preview {p['segment']}/tier {p['tier'] + 1}: {subject}{p['body'][:140]!r}")
-    return "\n".join(lines)
+    lines += ["  " + line for line in preview_lines(s.get("previews", []))]
+    return mask_secrets_in("\n".join(lines))
+
+
+def preview_lines(previews: list[dict]) -> list[str]:
+    """A dry run's rendered messages, masked as `lifecycle plan` masks its samples (flows/preview.py):
+    the customer shown as C00****42, their id and first name masked in the subject and body.
+
+    A preview that does not say whose it is cannot be masked, so its text is not shown at all.
+    """
+    lines = []
+    for p in previews[:PREVIEWS]:
+        where = f"preview {p['segment']}/tier {p['tier'] + 1}"
+        if "customer_id" not in p or "first_name" not in p:
+            lines.append(f"{where}: (text not shown: the preview does not say whose it is, so it cannot be masked)")
+            continue
+        cid, name = p["customer_id"], p["first_name"]
+        subject = mask_person(p.get("subject"), cid, name)
+        body = mask_person(str(p.get("body") or ""), cid, name) or ""
+        lines.append(f"{where} {mask_id(cid)}: {f'[{subject}] ' if subject else ''}{body[:140]!r}")
+    return lines
 
 
 def outcome_lines(s: dict) -> list[str]:
@@ -64,8 +89,10 @@ def outcome_lines(s: dict) -> list[str]:
         skipped = f"; skipped because of it: {', '.join(s['skipped_steps'])}" if s.get("skipped_steps") else ""
         lines.append("FAILED: " + "; ".join(f"{k}: {v}" for k, v in s["failed_steps"].items()) + skipped
                      + " (rerun the same playbook and as-of date to resume; nothing sent is repeated)")
-    return lines
+    # a webhook's https://user:pw@... location, a failure quoting a URL: never shown with the secret
+    return [mask_secrets_in(line).replace("\n", " ") for line in lines]
 
 
 def format_counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} {n:,}" for k, n in sorted(counts.items())) or "none"
+    """`sms 120, push 3`; keys (channels, drop reasons, provider reasons) shown on one line, masked."""
+    return ", ".join(f"{' '.join(mask_secrets_in(str(k)).split())} {n:,}" for k, n in sorted(counts.items())) or "none"

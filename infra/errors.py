@@ -10,7 +10,8 @@
         └── DispatchError          L6xx           a channel refused or failed
 
 Author and usage errors exit 2 without a traceback; run errors name what was affected and what to
-run next; anything else is a bug and keeps its traceback.
+run next; anything else is a bug and keeps its traceback. A warning (L218) is printed by `lifecycle
+check` as `path:line:col: warning[CODE] message` and raises nothing: the exit code stays 0.
 
 Playbook problems, one stable code per kind (each printed as `path:line:col: error[CODE] message`):
 
@@ -20,6 +21,7 @@ Playbook problems, one stable code per kind (each printed as `path:line:col: err
     L104 tab in indentation        L123 not a valid name          L137 unknown segment
     L105 duplicate key             L124 name is not the file's    L138 email without unsubscribe link
     L106 not a mapping / too big   L125 defined twice             L140 segment rule structure
+         (over 1 MiB, aliases)
     L110 expression syntax/type    L130 unknown channel           L141 segment can never match
     L111 unknown feature           L131 channel nobody consents   L142 churn_score without a model
                                    L132 template file missing     L143 template needs an offer
@@ -40,6 +42,7 @@ Playbook problems, one stable code per kind (each printed as `path:line:col: err
                                                                   L156 loaded template not in templates/
                                                                   L157 templates load each other (cycle)
                                                                   L158 template over 64 KiB
+                                                                  L159 nested over 64 levels (and config)
 
 Config, command line, run:
 
@@ -57,11 +60,11 @@ Config, command line, run:
     L212 Dask scheduler down       L330 no touches to report on   L413 a table was dropped
     L213 remote Dask, no server    L331 playbook has no goal      L414 a column was dropped
     L214 worker config differs     L332 --from after --to
-                                   L340 unknown customer id
-                                   L341 CSV file empty / no header
-                                   L342 CSV file not UTF-8
-                                   L343 CSV quote never closed
-                                   L344 CSV column twice (or by --map)
+    L215 channel name invalid      L340 unknown customer id
+    L216 channel URL not http(s)   L341 CSV file empty / no header
+    L217 header cannot be sent     L342 CSV file not UTF-8
+    L218 warning: a secret written L343 CSV quote never closed
+         in lifecycle.yaml as text L344 CSV column twice (or by --map)
                                    L345 CSV row's field count wrong
                                    L346 --map-type wrong
                                    L347 rows of unknown customers

@@ -13,11 +13,13 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from infra.errors import ConfigError
-from infra.yamlsource import SourceDoc, format_located, load_yaml, validation_problems
+from infra.redact import mask_secrets_in, mask_url, strip_controls
+from infra.yamlsource import SourceDoc, format_located, load_yaml, position_key, validation_problems
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_PLAYBOOKS = REPO_ROOT / "playbooks"
@@ -58,10 +60,23 @@ def default_db_url() -> str:
     return f"sqlite:///{lifecycle_home() / 'warehouse.db'}"
 
 
-class ChannelConfig(BaseModel):
-    """One delivery channel. `consent` names the consent channel that governs it (default: its name)."""
+# Bounds on the provider settings: wide enough for any real provider, narrow enough that a typo
+# (`timeout_seconds: 1e9`, `.inf`, `concurrency: 100000`) cannot hang a run or open a flood of sockets.
+MAX_WAIT_SECONDS = 600.0  # a reply, a backoff: ten minutes is already longer than any provider needs
+MAX_ATTEMPTS = 20
+MAX_CONCURRENCY = 256
+MAX_RATE_PER_SECOND = 10_000.0
+CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # also the outbox file's name: no '/', '..' or spaces
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class ChannelConfig(BaseModel):
+    """One delivery channel. `consent` names the consent channel that governs it (default: its name).
+
+    Numbers are finite and bounded (YAML's `.inf` and `.nan` are refused): see MAX_WAIT_SECONDS and
+    the limits next to it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     type: ChannelType
     consent: str | None = None
@@ -75,7 +90,7 @@ class ChannelConfig(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     # email: SMTP with STARTTLS and login; the password as ${ENV_VAR}.
     host: str | None = None
-    port: int = 587
+    port: int = Field(default=587, ge=1, le=65535)
     username: str | None = None
     password: str | None = None
     from_address: str | None = None
@@ -86,12 +101,12 @@ class ChannelConfig(BaseModel):
     corp_id: str | None = None
     secret: str | None = None
     # Provider behaviour (webhook, email, wecom): timeouts, retries with exponential backoff + jitter, throttling.
-    timeout_seconds: float = Field(default=10.0, gt=0)
-    max_attempts: int = Field(default=5, ge=1)
-    backoff_seconds: float = Field(default=0.5, ge=0)
-    backoff_max_seconds: float = Field(default=30.0, ge=0)
-    rate_per_second: float | None = Field(default=None, gt=0)
-    concurrency: int = Field(default=8, ge=1)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=MAX_WAIT_SECONDS)
+    max_attempts: int = Field(default=5, ge=1, le=MAX_ATTEMPTS)
+    backoff_seconds: float = Field(default=0.5, ge=0, le=MAX_WAIT_SECONDS)
+    backoff_max_seconds: float = Field(default=30.0, ge=0, le=MAX_WAIT_SECONDS)
+    rate_per_second: float | None = Field(default=None, gt=0, le=MAX_RATE_PER_SECOND)
+    concurrency: int = Field(default=8, ge=1, le=MAX_CONCURRENCY)
     # What one delivered message costs (SMS fee, advisor time, ...), in the offers' currency: for ROI.
     cost_per_message: float = Field(default=0.0, ge=0)
 
@@ -99,7 +114,7 @@ class ChannelConfig(BaseModel):
 class ControlGroup(BaseModel):
     """A global control group: `percent` of all customers, by a hash of (customer, salt), get no marketing."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     percent: float = Field(ge=0, le=50)
     salt: str = Field(min_length=1)
@@ -153,6 +168,16 @@ class ProjectConfig(BaseModel):
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)  # one process, or shards on Dask
     source: str = "built-in default"
 
+    @field_validator("channels")
+    @classmethod
+    def _channel_names(cls, channels: dict[str, ChannelConfig]) -> dict[str, ChannelConfig]:
+        """A channel's name becomes a file name (its outbox): never a path. load_config reports bad
+        names at their line first; this guards configs built in code."""
+        bad = sorted(name for name in channels if not CHANNEL_NAME.match(name))
+        if bad:
+            raise ValueError(f"not valid channel names: {', '.join(repr(b) for b in bad)}")
+        return channels
+
     def channel(self, name: str) -> ChannelConfig:
         return self.channels[name]
 
@@ -199,8 +224,12 @@ def find_config_path(explicit: str | None) -> Path | None:
     return None
 
 
-def load_config(explicit: str | None = None) -> ProjectConfig:
-    """Load and validate the project config; every problem points at file:line:col."""
+def load_config(explicit: str | None = None, *, warnings: list[str] | None = None) -> ProjectConfig:
+    """Load and validate the project config; every problem points at file:line:col.
+
+    With a `warnings` list, what is wrong without stopping a run is appended to it, located like the
+    errors: secrets written into the file instead of as ${ENV_VAR} (`lifecycle check` prints them).
+    """
     path = find_config_path(explicit)
     if path is None:
         return ProjectConfig(channels={k: ChannelConfig(**v) for k, v in DEFAULT_CHANNELS.items()})
@@ -210,13 +239,23 @@ def load_config(explicit: str | None = None) -> ProjectConfig:
         raise _located(doc, (), "the config must be a mapping of settings", "start with `channels:`", "L203")
     if doc.problems:
         raise ConfigError(f"{len(doc.problems)} problem(s) in {path}", code="L204", problems=doc.problems)
+    if warnings is not None:
+        warnings += inline_secrets(doc)
     data = _expand_env(data, doc, ())
+    problems = _name_problems(doc, data) + _channel_problems(doc, data)
+    if "source" in data:  # set by lifecycle, not a setting: an unknown key like any other
+        problems.append(format_located(doc, ("source",), "unknown key 'source'",
+                                       f"allowed keys here: {', '.join(_allowed_keys(()))}", code="L204"))
+        data = {k: v for k, v in data.items() if k != "source"}
+    if problems and isinstance(data.get("channels"), dict):  # a bad name is reported once, at its line
+        data = {**data, "channels": {k: v for k, v in data["channels"].items()
+                                     if isinstance(k, str) and CHANNEL_NAME.match(k)}}
     try:
         config = ProjectConfig(**data, source=str(path))
     except ValidationError as exc:
-        problems = validation_problems(doc, exc, _allowed_keys, dict.fromkeys(("unknown", "missing", "value", "name"), "L204"))
-        raise ConfigError(f"{len(problems)} problem(s) in {path}", code="L204", problems=problems) from None
-    problems = []
+        problems += validation_problems(doc, exc, _allowed_keys, dict.fromkeys(("unknown", "missing", "value", "name"), "L204"),
+                                        hints=_HINTS)
+        raise _config_error(path, problems) from None
     for name, channel in config.channels.items():
         if channel.type not in IMPLEMENTED_CHANNEL_TYPES:
             raise _located(doc, ("channels", name, "type"), f"channel type '{channel.type}' is not available in this version",
@@ -231,8 +270,136 @@ def load_config(explicit: str | None = None) -> ProjectConfig:
             problems.append(format_located(doc, ("channels", name, key), f"`{key}` does not apply to a {channel.type} channel",
                                            f"{channel.type} channels take: {', '.join(TYPE_KEYS[channel.type])}", code="L204"))
     if problems:
-        raise ConfigError(f"{len(problems)} problem(s) in {path}", code="L204", problems=problems)
+        raise _config_error(path, problems)
     return config
+
+
+# What to write instead, for a value out of its bounds (keyed by the setting's name).
+_HINTS = {
+    "timeout_seconds": f"seconds to wait for one provider reply: more than 0, at most {MAX_WAIT_SECONDS:g} (default 10)",
+    "backoff_seconds": f"the first retry's wait in seconds: 0 to {MAX_WAIT_SECONDS:g} (default 0.5)",
+    "backoff_max_seconds": f"the longest wait between retries in seconds: 0 to {MAX_WAIT_SECONDS:g} (default 30)",
+    "max_attempts": f"tries per message, the first included: 1 to {MAX_ATTEMPTS} (default 5)",
+    "concurrency": f"provider calls in flight at once: 1 to {MAX_CONCURRENCY} (default 8)",
+    "rate_per_second": f"calls per second: more than 0, at most {MAX_RATE_PER_SECOND:,.0f}; omit it for no limit",
+    "cost_per_message": "what one delivered message costs, in the offers' currency: a finite number, 0 or more",
+    "port": "a TCP port, 1 to 65535 (587 for SMTP with STARTTLS, 465 for SMTP over TLS)",
+    "percent": "the share of customers held out, 0 to 50",
+}
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
+
+
+# Settings whose value is a credential, and headers that carry one.
+_SECRET_KEY = re.compile(r"(?i)^(.*[_-])?(password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|"
+                         r"private[_-]?key|client[_-]?secret|corpsecret|credentials?)$")
+_SECRET_HEADER = re.compile(r"(?i)^(authorization|proxy-authorization|cookie|x-[a-z0-9-]*(token|key|secret|auth)[a-z0-9-]*)$")
+_SECRET_HINT = ("put it in an environment variable and write `${NAME}` here (e.g. `password: ${SMTP_PASSWORD}`, "
+                "`Authorization: Bearer ${WEBHOOK_TOKEN}`): lifecycle.yaml is shared and committed, secrets in it "
+                "leak with it")
+
+
+def inline_secrets(doc: SourceDoc) -> list[str]:
+    """Warnings (L218) for credentials written into the config as text instead of `${ENV_VAR}`.
+
+    Looks at the file as written (before ${VAR} are expanded): settings named like a secret, headers
+    that authorise, and anything else with a credential inside (`https://user:pw@...`, `?token=...`,
+    `Bearer ...`). A value made only of ${VAR} references is what it should be.
+    """
+    found: list[str] = []
+
+    def walk(value: Any, path: tuple) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, (*path, k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, (*path, i))
+        elif isinstance(value, str) and path:
+            literal = _ENV_REF.sub("", value)  # what is written as text, ${VAR} references left out
+            if not literal.strip():
+                return
+            key, in_headers = str(path[-1]), len(path) >= 2 and path[-2] == "headers"
+            if in_headers and _SECRET_HEADER.match(key) and "${" not in value:
+                message = f"header `{key}` carries a credential written in the file"
+            elif not in_headers and _SECRET_KEY.match(key) and "${" not in value:
+                message = f"`{key}` is written in the file as text"
+            elif mask_secrets_in(literal, same_width=True) != literal:
+                message = "a credential is written in the file inside this value (in a URL, or as a token)"
+            else:
+                return
+            found.append(format_located(doc, path, message, _SECRET_HINT, code="L218", severity="warning",
+                                        at=doc.positions.get(path)))  # the value: what to replace
+
+    walk(doc.data, ())
+    return found
+
+
+def _name_problems(doc: SourceDoc, data: dict[str, Any]) -> list[str]:
+    """Channel names are identifiers: they name outbox files and appear in paths, tags and the ledger."""
+    channels = data.get("channels")
+    if not isinstance(channels, dict):
+        return []
+    return [format_located(doc, ("channels", name), f"'{strip_controls(str(name), keep='')}' is not a valid channel name",
+                           "use lower-case letters, digits and underscores, starting with a letter (at most 64), "
+                           "e.g. `sms` or `wecom_vip`: the name is also the outbox file's name", code="L215")
+            for name in channels if not (isinstance(name, str) and CHANNEL_NAME.match(name))]
+
+
+def _channel_problems(doc: SourceDoc, data: dict[str, Any]) -> list[str]:
+    """Before the schema: channel URLs are http(s) with a host, headers are what HTTP can carry.
+
+    Checked on the raw data, so they are reported with the schema's problems rather than after them.
+    """
+    problems = []
+    channels = data.get("channels")
+    for name, raw in (channels.items() if isinstance(channels, dict) else ()):
+        if not isinstance(raw, dict):
+            continue
+        for key in ("url", "base_url"):
+            value = raw.get(key)
+            if not isinstance(value, str) or raw.get("type") not in ("webhook", "wecom"):
+                continue
+            wrong = _url_problem(value)
+            if wrong:
+                problems.append(format_located(
+                    doc, ("channels", name, key), f"`{key}` must be an http:// or https:// URL with a host: {wrong}, "
+                    f"got '{mask_url(value)}'", "write e.g. https://hooks.example.com/lifecycle; keep credentials "
+                    "out of it (a header with ${TOKEN} instead)", code="L216"))
+        headers = raw.get("headers")
+        for header, value in (headers.items() if isinstance(headers, dict) else ()):
+            if not isinstance(header, str) or not isinstance(value, str):
+                continue  # the schema says what is wrong
+            if not _HEADER_NAME.match(header) or not value.isascii() or strip_controls(value, keep="\t") != value:
+                problems.append(format_located(
+                    doc, ("channels", name, "headers", header), f"header '{strip_controls(header, keep='')}' cannot "
+                    "be sent: its name must be letters, digits and -, its value one line of ASCII text without "
+                    "control characters", "write one `Name: value` per header, e.g. `Authorization: Bearer ${TOKEN}`",
+                    code="L217"))
+    return problems
+
+
+def _url_problem(url: str) -> str | None:
+    """Why `url` is not an http(s) URL with a host, or None."""
+    if strip_controls(url, keep="") != url or any(ch.isspace() for ch in url):
+        return "it contains spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError as exc:
+        return f"it cannot be read ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"the scheme is '{parts.scheme}'" if parts.scheme else "there is no scheme"
+    if not parts.hostname:
+        return "there is no host"
+    return None
+
+
+def _config_error(path: Path, problems: list[str]) -> ConfigError:
+    """One error for every problem in the file, top to bottom; its code is the first problem's."""
+    problems = sorted(problems, key=position_key)
+    first = re.search(r"error\[(L\d+)\]", problems[0]) if problems else None
+    return ConfigError(f"{len(problems)} problem(s) in {path}", code=first.group(1) if first else "L204",
+                       problems=problems)
 
 
 def _located(doc: SourceDoc, path: tuple, message: str, hint: str, code: str) -> ConfigError:

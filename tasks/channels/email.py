@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from infra.faults import crash_point
+from infra.redact import mask_url
 from infra.settings import ChannelConfig
 from infra.warehouse.schema import customers
 from tasks.channels.base import Delivery, Refused, Retryable, RetryPolicy, Unavailable, records, safe_text, unexpected
@@ -60,7 +61,7 @@ class EmailChannel:
 
     def __init__(self, name: str, config: ChannelConfig, engine: Engine) -> None:
         self.name, self.config, self.engine = name, config, engine
-        self.location = f"smtp {config.host}:{config.port}"
+        self.location = f"smtp {mask_url(str(config.host))}:{config.port}"
         self.policy = RetryPolicy(config.max_attempts, config.backoff_seconds, config.backoff_max_seconds)
         self.smtp: smtplib.SMTP | None = None
 

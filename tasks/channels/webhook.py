@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pandas as pd
 
+from infra.redact import mask_url
 from infra.settings import ChannelConfig
 from tasks.channels.base import Delivery, RateLimiter, RetryPolicy, http_request, records, run_async, send_concurrently
 
@@ -36,7 +37,7 @@ class WebhookChannel:
     def __init__(self, name: str, config: ChannelConfig) -> None:
         self.name = name
         self.config = config
-        self.location = f"webhook {httpx.URL(config.url or '').copy_with(query=None)}"
+        self.location = f"webhook {mask_url(str(httpx.URL(config.url or '').copy_with(query=None)))}"
         self.policy = RetryPolicy(config.max_attempts, config.backoff_seconds, config.backoff_max_seconds)
 
     def send_batch(self, messages: pd.DataFrame, out: Delivery) -> Delivery:

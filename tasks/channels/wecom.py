@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pandas as pd
 
+from infra.redact import mask_url
 from infra.settings import ChannelConfig
 from tasks.channels.base import (Delivery, RateLimiter, Refused, Retryable, RetryPolicy, Unavailable, http_request,
                                  records, run_async, safe_text, send_concurrently)
@@ -58,7 +59,7 @@ class WecomChannel:
     def __init__(self, name: str, config: ChannelConfig) -> None:
         self.name, self.config = name, config
         self.base = config.base_url.rstrip("/")
-        self.location = f"wecom {self.base}"
+        self.location = f"wecom {mask_url(self.base)}"
         self.policy = RetryPolicy(config.max_attempts, config.backoff_seconds, config.backoff_max_seconds)
         self.token: str | None = None
         self.expires_at = 0.0  # time.monotonic() after which the cached token is not used
