@@ -61,6 +61,8 @@ def outcome_lines(s: dict) -> list[str]:
                      f"dropped: {format_counts(s.get('deferred_dropped', {}))}")
     if s.get("failed"):
         lines.append(f"failed (dead letters, by provider reason; see the ledger): {format_counts(s['failed'])}")
+    if s.get("bad_rows"):
+        lines.append(f"left out, rows no step can hold (the log names their keys): {format_counts(s['bad_rows'])}")
     if s.get("retried"):
         lines.append(f"provider calls retried: {s['retried']:,}")
     if s.get("taken_over"):

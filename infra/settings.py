@@ -66,6 +66,7 @@ MAX_WAIT_SECONDS = 600.0  # a reply, a backoff: ten minutes is already longer th
 MAX_ATTEMPTS = 20
 MAX_CONCURRENCY = 256
 MAX_RATE_PER_SECOND = 10_000.0
+MAX_MESSAGE_CHARS = 65_536  # what rendering allows any message (tasks/sandbox.py; a test keeps the two equal)
 CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # also the outbox file's name: no '/', '..' or spaces
 
 
@@ -109,6 +110,9 @@ class ChannelConfig(BaseModel):
     concurrency: int = Field(default=8, ge=1, le=MAX_CONCURRENCY)
     # What one delivered message costs (SMS fee, advisor time, ...), in the offers' currency: for ROI.
     cost_per_message: float = Field(default=0.0, ge=0)
+    # The longest message this channel takes, in characters (an SMS gateway's, a push provider's); a longer
+    # one is that touch's failure (`too_long`). Every message is held to 65,536 characters anyway.
+    max_message_chars: int | None = Field(default=None, ge=1, le=MAX_MESSAGE_CHARS)
 
 
 class ControlGroup(BaseModel):
@@ -284,6 +288,8 @@ _HINTS = {
     "rate_per_second": f"calls per second: more than 0, at most {MAX_RATE_PER_SECOND:,.0f}; omit it for no limit",
     "cost_per_message": "what one delivered message costs, in the offers' currency: a finite number, 0 or more",
     "port": "a TCP port, 1 to 65535 (587 for SMTP with STARTTLS, 465 for SMTP over TLS)",
+    "max_message_chars": f"the longest message the channel takes, in characters: 1 to {MAX_MESSAGE_CHARS:,}; "
+                         "omit it for no limit of its own",
     "percent": "the share of customers held out, 0 to 50",
 }
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)

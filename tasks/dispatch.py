@@ -204,7 +204,10 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
         preview = render_messages(planned.groupby(["segment", "tier"]).head(2), plan, step, limits)
         broken = preview["render_error"].notna()
         preview.loc[broken, "body"] = "(would fail: " + preview.loc[broken, "render_error"] + ")"
-        result.previews = preview[["segment", "tier", "variant", "template", "subject", "body"]].to_dict("records")
+        names = planned["first_name"] if "first_name" in planned else pd.Series(None, index=planned.index, dtype=object)
+        preview["first_name"] = names.reindex(preview["customer_id"]).to_numpy()  # to mask them where it is shown
+        result.previews = preview[["segment", "tier", "variant", "template", "customer_id", "first_name", "subject",
+                                   "body"]].to_dict("records")
         return result
 
     status = _ledger_status(engine, frame["touch_key"].to_numpy(dtype=object),
@@ -434,7 +437,7 @@ def deferred_payloads(frame: pd.DataFrame, plan: Plan, step: str = STEP,
 
 def message_limits(config: ProjectConfig) -> dict[str, int]:
     """The most characters a message may have, per channel that sets a limit of its own."""
-    return {}
+    return {name: c.max_message_chars for name, c in config.channels.items() if c.max_message_chars is not None}
 
 
 def records_of(frame: pd.DataFrame) -> list[dict]:

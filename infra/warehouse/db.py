@@ -24,6 +24,7 @@ from sqlalchemy.exc import (ArgumentError, DBAPIError, DisconnectionError, NoSuc
                             SQLAlchemyError)
 
 from infra.errors import UsageError, WarehouseError
+from infra.redact import mask_url
 from infra.warehouse import schema
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -32,9 +33,9 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 def display_url(url: str) -> str:
     """The URL with any password masked, safe for messages and logs."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return mask_url(make_url(url).render_as_string(hide_password=True))
     except ArgumentError:
-        return url
+        return mask_url(url)
 
 
 def open_warehouse(url: str, *, create: bool = False) -> Engine:

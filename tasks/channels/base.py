@@ -19,6 +19,7 @@ import pandas as pd
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from infra.faults import crash_point
+from infra.redact import mask_secrets_in, strip_controls
 
 if TYPE_CHECKING:
     from infra.settings import ChannelConfig
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 PATIENCE = 120.0  # seconds; a provider asking to wait longer (Retry-After) is down for this run
 MAX_REPLY_BYTES = 64 * 1024  # what is read of a provider's reply; a longer one is cut there
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 _ADDRESSES = re.compile(r"[^\s@<>\"']+@[^\s@<>\"']+|\+?\d[\d\s-]{6,}\d")
 
 
@@ -85,8 +85,8 @@ class Unavailable(Exception):
 
 def safe_text(text: str, limit: int = 100) -> str:
     """Provider or exception text fit for the ledger, logs and a terminal: no control characters, no
-    addresses or phone numbers, at most `limit` characters."""
-    return _ADDRESSES.sub("<address>", _CONTROLS.sub(" ", text)).strip()[:limit]
+    credentials, addresses or phone numbers, at most `limit` characters."""
+    return _ADDRESSES.sub("<address>", mask_secrets_in(strip_controls(str(text), keep=""))).strip()[:limit]
 
 
 def unexpected(exc: BaseException) -> str:

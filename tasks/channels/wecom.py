@@ -30,6 +30,7 @@ BUSY_ERRORS = {-1, 45009, 45033}  # system busy, frequency limit, concurrency li
 # invalid corp id, missing access token / secret, API not permitted to this app, IP not on the trusted list:
 # the channel's settings, not the message; nothing is dead-lettered
 CONFIG_ERRORS = {40013, 41001, 41004, 48002, 60020}
+MAX_TEXT_BYTES = 4000  # text.content of add_msg_template: at most 4,000 bytes (UTF-8: ~1,333 Chinese characters)
 TOKEN_MARGIN = 300.0  # seconds before expiry at which a cached token is refreshed
 
 
@@ -72,7 +73,12 @@ class WecomChannel:
 
     @staticmethod
     def _refuse(row: dict[str, Any]) -> str | None:
-        return None if row.get("advisor_id") else "no_advisor: the customer has no assigned advisor"
+        if not row.get("advisor_id"):
+            return "no_advisor: the customer has no assigned advisor"
+        size = len(str(row.get("body") or "").encode())
+        if size > MAX_TEXT_BYTES:
+            return f"too_long: {size:,} bytes, WeCom takes at most {MAX_TEXT_BYTES:,} in a text message"
+        return None
 
     async def _call(self, client: httpx.AsyncClient, limiter: RateLimiter, method: str, path: str,
                     **kwargs: Any) -> dict[str, Any]:

@@ -44,6 +44,7 @@ def damaged(prefect_harness, tmp_path_factory):
 
 def test_a_run_leaves_bad_rows_out_and_counts_them_and_report_reads_it(damaged, monkeypatch, capsys):
     from flows.build import run_plan
+    from flows.summary import format_summary
     from flows.compiler import compile_file
 
     url, engine, buyer = damaged
@@ -53,6 +54,8 @@ def test_a_run_leaves_bad_rows_out_and_counts_them_and_report_reads_it(damaged, 
                        model_version=None)
     assert summary["bad_rows"] == {"orders": 4, "customers": 1, "customers.timezone": 3}
     assert sum(summary["segments"].values()) > 0 and not summary["failed_steps"]
+    assert ("left out, rows no step can hold (the log names their keys): customers 1, customers.timezone 3, "
+            "orders 4") in format_summary(summary)
     # an infinite amount inside the goal window is no conversion worth infinity in the report
     with engine.begin() as conn:
         held = conn.execute(text("SELECT customer_id FROM touches WHERE status = 'held_out' LIMIT 1")).scalar_one()

@@ -293,3 +293,34 @@ def test_a_ledger_that_stops_answering_mid_batch_stops_the_channel(world):
     again = run()
     assert again.sent == {"sms": M - stopped_after} and again.already_sent == stopped_after
     assert Counter(world.http.accepted) == Counter({k: 1 for k in world.http.accepted})
+
+
+def test_a_message_over_its_channels_limit_is_that_touchs_failure(world):
+    """An SMS gateway's limit set in lifecycle.yaml, and WeCom's 4,000 bytes: the long message fails
+    with its size, the others go out."""
+    from infra.settings import MAX_MESSAGE_CHARS
+    from tasks.sandbox import MAX_MESSAGE_CHARS as RENDER_LIMIT
+
+    assert MAX_MESSAGE_CHARS == RENDER_LIMIT
+    for kind, limit in (("webhook", 7), ("wecom", None)):
+        plan, day = world.plans[kind], world.next_day()
+        world.http.reset()
+        config = world.config(1)
+        name = CHANNELS[kind][0]
+        config = config.model_copy(update={"channels": {**config.channels, name: config.channels[name].model_copy(
+            update={"max_message_chars": limit})}})
+        frame = allocated(plan, CHANNELS[kind][1])
+        long_one = frame.index[3]
+        frame["first_name"] = None
+        if kind == "wecom":  # the template says Hello {{ customer_id }}: a customer id of 1,500 CJK characters
+            frame = frame.rename(index={long_one: "客" * 1500})
+            long_one = "客" * 1500
+        result = dispatch.dispatch_frame(frame, plan, day, engine=world.engine, config=config, run_id="r",
+                                         model_version=None, dry_run=False)
+        rows = ledger(world, plan, day).set_index("customer_id")
+        if kind == "webhook":  # "Hello c003" is 10 characters: every message is over 7
+            assert result.failed == {"too_long": M} and result.sent == {name: 0}
+            assert rows["reason"].str.contains("the limit is 7").all()
+        else:
+            assert result.failed == {"too_long": 1} and result.sent == {name: M - 1}
+            assert rows.loc[long_one, "reason"].startswith("too_long: 4,506 bytes")
