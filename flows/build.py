@@ -115,8 +115,13 @@ def _playbook_run(config: ProjectConfig, parts: Shards | None, playbook: str, as
     steps = Steps(plan.name, day)
     # Independent branches: a failed step skips what depends on it, not the rest; the run then fails
     # naming the step, after publishing what was done. A rerun resumes: the ledger repeats nothing sent.
+    def allocated() -> Any:  # the consents nobody in a tier's segments holds go to the summary (tasks/allocate.py)
+        out = allocate(selected, plan, day, engine, control=config.control_group)
+        counts["consent_gaps"] = out.attrs.get("consent_gaps", [])
+        return out
+
     result = steps.run("dispatch", lambda: (parts.dispatch if parts else dispatch)(
-        reasons(allocate(selected, plan, day, engine, control=config.control_group), model, plan), plan, day,
+        reasons(allocated(), model, plan), plan, day,
         engine=engine, config=config, run_id=str(flow_run.id), model_version=version, dry_run=dry_run),
         default=DispatchResult())
     if not dry_run:

@@ -139,7 +139,8 @@ def plan_cmd(args: argparse.Namespace) -> int:
     plan = compile_file(path, load_config(args.config))
     config, url, engine = _context(args)
     model = _prepare_run(plan, engine)
-    report = preview(plan, engine, args.as_of or _today(), model, control=config.control_group)
+    report = preview(plan, engine, args.as_of or _today(), model, control=config.control_group,
+                     default_timezone=config.defaults.timezone)
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.format == "json" else format_preview(report))
     return 0
 

@@ -147,20 +147,52 @@ def model_backtest(args: argparse.Namespace) -> int:
 def data_import(args: argparse.Namespace) -> int:
     from flows.commands import _context
     from infra.redact import mask_url
+    from infra.warehouse import csvload
     from infra.warehouse.db import display_url, upgrade
 
     mapping, types = csvimport.parse_mapping(args.map), csvimport.parse_type_mapping(args.map_type)
     if types and args.kind != "events":
         raise UsageError("--map-type goes with events files", hint="rename columns with --map SOURCE=TARGET",
                          code="L346")
-    _, url, engine = _context(args, create=True)
+    config, url, engine = _context(args, create=True)
+    zone = _default_zone(args.default_timezone, config.defaults.timezone)
+    purposes = (*csvimport.CONSENT_PURPOSES, *sorted({c.purpose for c in config.channels.values()}
+                                                     - set(csvimport.CONSENT_PURPOSES)))
     upgrade(engine)
-    done = csvimport.load(engine, args.kind, args.file, mapping, type_map=types,
-                          create_customers=args.create_customers)
-    created = (f"; created {done.created_customers:,} customers for them (signed up at their first row, "
-               "timezone UTC)" if done.created_customers else "")
-    print(f"imported {done.rows:,} {args.kind} from {args.file} into {mask_url(display_url(url))}{created}")
+    done = csvload.load(engine, args.kind, args.file, mapping, type_map=types, create_customers=args.create_customers,
+                        default_timezone=zone, purposes=purposes, errors=args.errors)
+    print(strip_controls(import_summary(done, args.kind, args.file, mask_url(display_url(url)), zone)))
     return 0
+
+
+def import_summary(done, kind: str, file: str, where: str, zone) -> str:
+    """What `data import` did, a line, then a line per warning."""
+    line = f"imported {done.rows:,} {kind if done.rows != 1 else kind[:-1]} from {file} into {where}"
+    if kind == "customers":
+        line += f": {done.rows - done.updated:,} new, {done.updated:,} updated (the columns the file has overwritten)"
+    if done.skipped:
+        line += f"; {done.skipped:,} already in the warehouse, skipped"
+    if done.created_customers:
+        line += (f"; created {done.created_customers:,} customer{'s' if done.created_customers != 1 else ''} for "
+                 "them (signed up at their first row, "
+                 f"timezone {zone.name})")
+    return "\n".join([line, *(f"  warning: {w}" for w in done.warnings)])
+
+
+def _default_zone(flag: str | None, configured: str | None):
+    """--default-timezone (L350 when zoneinfo does not know it), else defaults.timezone, else UTC."""
+    from infra.settings import known_zone
+    from infra.warehouse.csvload import DefaultZone
+
+    if flag:
+        if not known_zone(flag):
+            near = csvimport.zone_near(flag)
+            raise UsageError(f"--default-timezone {flag!r} is not a timezone zoneinfo knows{near}",
+                             hint="give an IANA name such as Asia/Shanghai or Europe/Berlin", code="L350")
+        return DefaultZone(flag, "--default-timezone")
+    if configured:
+        return DefaultZone(configured, "defaults.timezone in lifecycle.yaml")
+    return DefaultZone()
 
 
 def data(args: argparse.Namespace) -> int:
@@ -208,12 +240,16 @@ def add_arguments(model_sub, data_sub, common: argparse.ArgumentParser, date, po
     bt.add_argument("--out", metavar="DIR", required=True, help="folder for backtest.json, report.html and PNG charts")
 
     imp = data_sub.add_parser("import", parents=[common], help="validate a CSV file and load it into the warehouse")
-    imp.add_argument("kind", choices=["orders", "customers", "events"])
+    imp.add_argument("kind", choices=list(csvimport.KINDS))
     imp.add_argument("file", metavar="FILE.csv")
     imp.add_argument("--map", action="append", metavar="SRC=DST", help="rename a column before validation (repeatable)")
     imp.add_argument("--map-type", action="append", metavar="SRC=TYPE", help="events: read the source's event type "
                      "SRC as TYPE, one of lifecycle's (app.visit, product.view, message.open, message.click, "
                      "group.message); repeatable")
-    imp.add_argument("--create-customers", action="store_true", help="orders and events: add the customers the "
-                     "warehouse does not have (signed up at their first row in the file, timezone UTC) instead of "
-                     "refusing their rows")
+    imp.add_argument("--create-customers", action="store_true", help="orders, events, consents and suppressions: add "
+                     "the customers the warehouse does not have (signed up at their first row in the file, the "
+                     "default timezone) instead of refusing their rows")
+    imp.add_argument("--default-timezone", metavar="ZONE", help="the timezone of customers without one (default: "
+                     "defaults.timezone in lifecycle.yaml, else UTC), e.g. Asia/Shanghai")
+    imp.add_argument("--errors", metavar="FILE", help="write every problem found to this CSV file (line, column, "
+                     "value, problem); the terminal shows the first 20")

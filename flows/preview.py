@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from flows.plan import Plan
 from infra.redact import mask_id, mask_person, strip_controls
+from infra.warehouse import limits
 from tasks.allocate import allocate_frame
 from tasks.dispatch import ledger_status, render_messages, touch_keys
 from tasks.extract import extract_all
@@ -31,10 +32,14 @@ SAMPLES = 3  # rendered messages per tier
 mask = mask_id  # an identifier a reviewer can tell apart but not use: C00012342 -> C00****42
 
 
-def preview(plan: Plan, engine: Engine, as_of: dt.date, model: Any = None, *, control: Any = None) -> dict[str, Any]:
-    """Counts per segment and tier, costs, drops by reason and masked sample messages, as plain data.
+def preview(plan: Plan, engine: Engine, as_of: dt.date, model: Any = None, *, control: Any = None,
+            default_timezone: str | None = None) -> dict[str, Any]:
+    """Counts per segment and tier, costs, drops by reason and masked sample messages, as plain data; and
+    what would surprise: a consent no customer of a tier's segments holds (`consent_gaps`), customers whose
+    quiet hours are judged in UTC for want of a timezone (`timezones`).
 
-    `control` is the project's global control group (lifecycle.yaml), held out as the real run would.
+    `control` is the project's global control group (lifecycle.yaml), held out as the real run would;
+    `default_timezone` its `defaults.timezone`.
     """
     feats = build_features(extract_all(engine, as_of))
     entering, entry = entrants(engine, feats, plan, as_of)  # the audience and the re-entry rule, as a run
@@ -74,7 +79,40 @@ def preview(plan: Plan, engine: Engine, as_of: dt.date, model: Any = None, *, co
             (t.offer.currency for s in plan.segments for t in s.tiers if t.offer), None),
         "budget": budget.amount if budget else None,
         "samples": _samples(planned, plan, model),
+        "consent_gaps": allocated.attrs.get("consent_gaps", []),
+        "timezones": _timezones(feats.loc[entering, "timezone"] if "timezone" in feats else None, default_timezone),
     }
+
+
+def _timezones(zones: pd.Series | None, default: str | None) -> dict[str, Any]:
+    """The audience's customers judged in UTC: with no timezone zoneinfo knows (empty or unknown names, as
+    runs read them), and, when defaults.timezone names another zone, stored as UTC (what imports gave
+    customers without a timezone before it was set)."""
+    if zones is None or zones.empty:
+        return {"unusable": 0, "utc": 0, "default": default}
+    usable = limits.zone_mask(zones.astype(object).where(zones.notna(), None))
+    utc = int((zones.astype(object) == "UTC").sum()) if default and default != "UTC" else 0
+    return {"unusable": int((~usable).sum()), "utc": utc, "default": default}
+
+
+def warnings_of(r: dict[str, Any]) -> list[str]:
+    """What the preview found that would surprise an author, a line each: consents nobody in a tier's
+    segments holds, customers whose quiet hours are judged in UTC."""
+    lines = [gap["message"] for gap in r.get("consent_gaps", [])]
+    zones = r.get("timezones") or {}
+    if zones.get("unusable"):
+        n = zones["unusable"]
+        lines.append(f"{n:,} customer{'s' if n != 1 else ''} in the audience {'have' if n != 1 else 'has'} no timezone "
+                     "zoneinfo knows (empty or unknown): quiet hours and send times are judged in UTC for them; give "
+                     "them theirs with `lifecycle data import customers FILE` (a timezone column, or "
+                     "--default-timezone ZONE)")
+    if zones.get("utc"):
+        n, zone = zones["utc"], zones["default"]
+        lines.append(f"{n:,} customer{'s' if n != 1 else ''} in the audience {'are' if n != 1 else 'is'} in UTC while "
+                     f"defaults.timezone is {zone}: customers imported without a timezone before it was set were "
+                     f"stored as UTC; if they live in {zone}, `lifecycle data import customers FILE "
+                     f"--default-timezone {zone}` corrects them (an import updates customers)")
+    return lines
 
 
 def _samples(planned: pd.DataFrame, plan: Plan, model: Any) -> list[dict[str, Any]]:
@@ -115,6 +153,7 @@ def format_preview(r: dict[str, Any]) -> str:
     lines.append(f"  projected cost: {r['cost']:,.2f} {cur}{budget}".rstrip())
     dropped = ", ".join(f"{k} {v:,}" for k, v in sorted(r["dropped"].items())) or "none"
     lines.append(f"  not touched: {dropped}" + (f"; deferred for quiet hours: {r['deferred']:,}" if r["deferred"] else ""))
+    lines += [f"  warning: {w}" for w in warnings_of(r)]
     if r["samples"]:
         lines.append("  samples (customer ids and names masked):")
     for s in r["samples"]:

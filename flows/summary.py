@@ -54,6 +54,8 @@ def outcome_lines(s: dict) -> list[str]:
     if s.get("already_sent"):
         lines.append(f"already sent earlier for this date (not repeated): {s['already_sent']:,}")
     lines.append(f"not touched: {format_counts(s['dropped'])}")
+    # a consent no customer of a tier's segments holds (tasks/allocate.py consent_gaps): why they all dropped
+    lines += [f"warning: {gap['message']}" for gap in s.get("consent_gaps") or ()]
     if s.get("deferred"):
         lines.append(f"deferred until quiet hours end: {s['deferred']:,} (sent by the next run or `lifecycle deliver`)")
     if s.get("deferred_sent") or s.get("deferred_dropped"):

@@ -70,6 +70,8 @@ Config, command line, run:
                                    L347 rows of unknown customers
                                    L348 --create-customers misused
                                    L349 date outside 1910..2189
+                                   L350 --default-timezone unknown
+                                   L351 --errors file not writable
     L501 no trained model          L505 too little history        L601 template failed to render
     L502 feature table incomplete  L506 BG/NBD cannot be fitted
     L503 model artifact damaged    L507 drift over the stop level

@@ -9,8 +9,10 @@ Precedence for every setting: command-line flag > environment variable > lifecyc
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -161,6 +163,33 @@ class ExecutionConfig(BaseModel):
     dask: DaskConfig = Field(default_factory=DaskConfig)
 
 
+class Defaults(BaseModel):
+    """Values for data that lacks them: `timezone`, the zone of customers imported without one (instead
+    of UTC), so quiet hours and send times are judged where they live."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timezone: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        """load_config reports a bad name at its line first (with a near match); this guards configs built in code."""
+        if value is not None and not known_zone(value):
+            raise ValueError("not a timezone zoneinfo knows")
+        return value
+
+
+def known_zone(name: str) -> bool:
+    """Whether zoneinfo loads this name (it raises more than ZoneInfoNotFoundError for bad ones:
+    ValueError for paths, IsADirectoryError for 'America', OSError for very long names)."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return bool(name)
+
+
 class ProjectConfig(BaseModel):
     """lifecycle.yaml: logical names (channels, warehouse) resolved to real places; no secrets inline."""
 
@@ -170,6 +199,7 @@ class ProjectConfig(BaseModel):
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
     control_group: ControlGroup | None = None  # held out of every marketing playbook, to measure them all
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)  # one process, or shards on Dask
+    defaults: Defaults = Field(default_factory=Defaults)  # for data that lacks a value (a customer's timezone)
     source: str = "built-in default"
 
     @field_validator("channels")
@@ -246,7 +276,10 @@ def load_config(explicit: str | None = None, *, warnings: list[str] | None = Non
     if warnings is not None:
         warnings += inline_secrets(doc)
     data = _expand_env(data, doc, ())
-    problems = _name_problems(doc, data) + _channel_problems(doc, data)
+    zones = _zone_problems(doc, data)
+    problems = _name_problems(doc, data) + _channel_problems(doc, data) + zones
+    if zones:  # reported at its line, with a near match: not again by the schema
+        data = {**data, "defaults": {k: v for k, v in data["defaults"].items() if k != "timezone"}}
     if "source" in data:  # set by lifecycle, not a setting: an unknown key like any other
         problems.append(format_located(doc, ("source",), "unknown key 'source'",
                                        f"allowed keys here: {', '.join(_allowed_keys(()))}", code="L204"))
@@ -291,6 +324,8 @@ _HINTS = {
     "max_message_chars": f"the longest message the channel takes, in characters: 1 to {MAX_MESSAGE_CHARS:,}; "
                          "omit it for no limit of its own",
     "percent": "the share of customers held out, 0 to 50",
+    "timezone": "an IANA timezone name such as Asia/Shanghai or Europe/Berlin: customers imported without a "
+                "timezone get it",
 }
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
 
@@ -384,6 +419,19 @@ def _channel_problems(doc: SourceDoc, data: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _zone_problems(doc: SourceDoc, data: dict[str, Any]) -> list[str]:
+    """`defaults.timezone` is a zone zoneinfo knows, with a near match when it is not."""
+    defaults = data.get("defaults")
+    value = defaults.get("timezone") if isinstance(defaults, dict) else None
+    if not isinstance(value, str) or known_zone(value):
+        return []
+    close = difflib.get_close_matches(value, sorted(zoneinfo.available_timezones()), n=1, cutoff=0.6)
+    return [format_located(doc, ("defaults", "timezone"), f"'{strip_controls(value, keep='')}' is not a timezone "
+                           "zoneinfo knows", (f"did you mean '{close[0]}'? " + _HINTS["timezone"][0].upper() + _HINTS["timezone"][1:])
+                           if close else _HINTS["timezone"],
+                           code="L204", at=doc.positions.get(("defaults", "timezone")))]
+
+
 def _url_problem(url: str) -> str | None:
     """Why `url` is not an http(s) URL with a host, or None."""
     if strip_controls(url, keep="") != url or any(ch.isspace() for ch in url):
@@ -421,6 +469,8 @@ def _allowed_keys(parent: tuple) -> list[str]:
         return sorted(ExecutionConfig.model_fields)
     if parent == ("execution", "dask"):
         return sorted(DaskConfig.model_fields)
+    if parent == ("defaults",):
+        return sorted(Defaults.model_fields)
     return sorted(k for k in ProjectConfig.model_fields if k != "source")
 
 

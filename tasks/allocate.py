@@ -13,6 +13,10 @@ eligible for no tier is dropped with the reason that stopped them last (`no_cons
 `capacity`, `budget`), recorded in the ledger like every other decision. `skipped` says, tier by
 tier, why the tiers before the chosen one passed a customer by ("0:capacity 1:no_consent"), and
 `due_at` when a deferred customer's quiet hours end (naive UTC).
+
+A consent some tier needs that no customer of its segments holds (a team that imported its customers but
+no consents) drops them all as `no_consent`: allocate_frame says so, once per consent, in the frame's
+`attrs["consent_gaps"]` (for `lifecycle plan` and the run summary), and the task logs it.
 """
 
 from __future__ import annotations
@@ -100,6 +104,37 @@ def suppressed_for(source: Engine | Connection, customer_ids: IdSet | Sequence[s
     found = lookup(source, customer_ids, t.customer_id, lambda within: select(t.customer_id, t.channel).where(within),
                    ["customer_id", "channel"])
     return Holders.from_frame(found, ["channel"])
+
+
+def consent_gaps(conn: Connection, selected: pd.DataFrame, plan: Plan, granted: Holders) -> list[dict]:
+    """The consents (channel, purpose) tiers need that no customer in those tiers' segments holds, one entry
+    each: channel, purpose, the tiers' channels, the customers they drop, whether the warehouse has any such
+    consent at all, and the message saying so."""
+    if selected.empty or "segment" not in selected:
+        return []
+    needs: dict[tuple[str, str], tuple[set[str], set[str]]] = {}  # consent -> (delivery channels, segments)
+    for seg in plan.segments:
+        for t in seg.tiers:
+            channels, segments = needs.setdefault((t.consent_channel, t.purpose), (set(), set()))
+            channels.add(t.channel)
+            segments.add(seg.name)
+    ids = selected.index.to_numpy(dtype=object)
+    segment = selected["segment"].to_numpy(dtype=object)
+    gaps = []
+    for (channel, purpose), (tiers, segments) in sorted(needs.items()):
+        who = ids[np.isin(segment, sorted(segments))]
+        if not len(who) or granted.member(who, (channel, purpose)).any():
+            continue
+        c = consents.c
+        anywhere = conn.execute(select(c.consent_id).where(c.channel == channel, c.purpose == purpose).limit(1)).first()
+        named = " and ".join(sorted(tiers))
+        what = (f"no customer in the audience has a {purpose} consent for {channel}" if anywhere is not None else
+                f"the warehouse has no {purpose} consent for {channel} at all")
+        gaps.append({"channel": channel, "purpose": purpose, "tiers": sorted(tiers), "customers": int(len(who)),
+                     "anywhere": anywhere is not None,
+                     "message": f"{what}: every {named} tier skips its {len(who):,} customer{'s' if len(who) != 1 else ''} "
+                                "as no_consent; import consents with `lifecycle data import consents FILE`"})
+    return gaps
 
 
 def choose_tiers(selected: pd.DataFrame, plan: Plan, granted: Holders | set[tuple[str, str, str]], *,
@@ -221,16 +256,24 @@ def allocate_frame(selected: pd.DataFrame, plan: Plan, as_of: dt.date, engine: E
         recent = guardrails.recent_sends(conn, ids, plan, as_of)
         blocked = suppressed_for(conn, ids) if len(ids) else Holders()
         rivals = guardrails.same_day_rivals(conn, ids, plan, as_of) if len(ids) else None
+        gaps = consent_gaps(conn, selected, plan, granted)
     keep_off, take_over = guardrails.outranked(rivals, plan) if rivals is not None else (set(), {})
     out = choose_tiers(selected, plan, granted, recent=recent, send_at=guardrails.send_instant(plan, as_of, utcnow().replace(tzinfo=dt.UTC)),
                        suppressed=blocked, outranked_by=keep_off, control=control)
     # lower-priority touches of other playbooks that dispatch cancels before sending ours
     out["takes_over"] = pd.Series(take_over, dtype=object).reindex(out.index) if take_over else \
         pd.Series(None, index=out.index, dtype=object)
+    out.attrs["consent_gaps"] = gaps
     return out
 
 
 @task(name="allocate", cache_policy=NO_CACHE, **IO_RETRIES)
 def allocate(selected: pd.DataFrame, plan: Plan, as_of: dt.date, engine: Engine, *,
              control: ControlGroup | None = None) -> pd.DataFrame:
-    return allocate_frame(selected, plan, as_of, engine, control=control)
+    out = allocate_frame(selected, plan, as_of, engine, control=control)
+    if out.attrs.get("consent_gaps"):
+        from prefect import get_run_logger
+
+        for gap in out.attrs["consent_gaps"]:
+            get_run_logger().warning(gap["message"])
+    return out

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Boolean, Integer, String, Table, bindparam, literal_column, select, text
+from sqlalchemy import Boolean, Integer, String, Table, bindparam, func, literal_column, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement
@@ -212,22 +212,14 @@ def insert_ignore(conn: Connection, table: Table, frame: pd.DataFrame, keys: Seq
     names = ", ".join(f'"{c}"' for c in [*cols, *fixed])
     picked = ", ".join([*(f'"{c}"' for c in cols), *(f":{_param(i)}" for i in range(len(fixed)))])
     params = {_param(i): _bindable(v, conn.dialect.name) for i, v in enumerate(fixed.values())}
-    # one temporary table per column set: a pooled connection keeps them between calls
-    temp = f"_new_{table.name}_{hashlib.sha1('|'.join(cols).encode()).hexdigest()[:8]}"
-    source = ", ".join(f'"{c}"' for c in cols)
+    conflict = ", ".join(f'"{k}"' for k in keys)
     if conn.dialect.name == "postgresql" and _has_copy(conn):
-        conn.exec_driver_sql(f'CREATE TEMPORARY TABLE IF NOT EXISTS "{temp}" ON COMMIT DELETE ROWS AS '
-                             f'SELECT {source} FROM "{table.name}" WITH NO DATA')
-        for start in range(0, len(frame), CHUNK_ROWS):
-            _copy_postgres(conn, table, frame.iloc[start : start + CHUNK_ROWS], into=temp)
-        conflict = ", ".join(f'"{k}"' for k in keys)
+        temp = _stage(conn, table, frame)
         conn.execute(text(f'INSERT INTO "{table.name}" ({names}) SELECT {picked} FROM "{temp}" '
                           f"ON CONFLICT ({conflict}) DO NOTHING"), params)
         conn.exec_driver_sql(f'DELETE FROM "{temp}"')
     elif conn.dialect.name == "sqlite":
-        conn.exec_driver_sql(f'CREATE TEMPORARY TABLE IF NOT EXISTS "{temp}" AS SELECT {source} FROM "{table.name}" WHERE 0')
-        for start in range(0, len(frame), CHUNK_ROWS):
-            _executemany_sqlite(conn, temp, frame.iloc[start : start + CHUNK_ROWS])
+        temp = _stage(conn, table, frame)
         conn.execute(text(f'INSERT OR IGNORE INTO "{table.name}" ({names}) SELECT {picked} FROM "{temp}"'), params)
         conn.exec_driver_sql(f'DELETE FROM "{temp}"')
     else:  # pragma: no cover - other backends: the generic statement, still guarded by the key
@@ -235,6 +227,62 @@ def insert_ignore(conn: Connection, table: Table, frame: pd.DataFrame, keys: Seq
 
         stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=list(keys))
         conn.execute(stmt, frame.assign(**fixed).astype(object).where(frame.notna(), None).to_dict("records"))
+
+
+def update_rows(conn: Connection, table: Table, frame: pd.DataFrame, keys: Sequence[str], *,
+                keep: Sequence[str] = ()) -> None:
+    """Overwrite, in the rows whose `keys` the frame has, every other column the frame has; in `keep`
+    columns a NULL in the frame keeps the table's value. Rows the table lacks are not added (insert those
+    with bulk_insert: an upsert checks NOT NULL before it finds the conflict, so it cannot leave a column
+    out). Inside the caller's transaction: on PostgreSQL the rows are staged in a temporary table (COPY)
+    and updated in one UPDATE ... FROM; on SQLite, an executemany UPDATE by key."""
+    cols = [c for c in frame.columns if c in table.c]
+    sets = [c for c in cols if c not in keys]
+    if frame.empty or not sets:
+        return
+    frame = frame[cols]
+    if conn.dialect.name == "postgresql" and _has_copy(conn):
+        temp = _stage(conn, table, frame)
+        assigned = ", ".join(f'"{c}" = COALESCE(s."{c}", t."{c}")' if c in keep else f'"{c}" = s."{c}"' for c in sets)
+        matched = " AND ".join(f't."{k}" = s."{k}"' for k in keys)
+        conn.exec_driver_sql(f'UPDATE "{table.name}" AS t SET {assigned} FROM "{temp}" AS s WHERE {matched}')
+        conn.exec_driver_sql(f'DELETE FROM "{temp}"')
+        return
+    stmt = table.update().where(*(table.c[k] == bindparam(f"key_{k}") for k in keys)).values(
+        {c: (func.coalesce(bindparam(f"new_{c}", type_=table.c[c].type), table.c[c]) if c in keep
+             else bindparam(f"new_{c}", type_=table.c[c].type)) for c in sets})
+    values = {c: _python_values(frame[c]) for c in cols}
+    rows = [{**{f"key_{k}": values[k][i] for k in keys}, **{f"new_{c}": values[c][i] for c in sets}}
+            for i in range(len(frame))]
+    for part in chunks(rows, CHUNK_ROWS):
+        conn.execute(stmt, list(part))
+
+
+def _python_values(series: pd.Series) -> list:
+    """A column as Python values SQLAlchemy binds: None for missing, datetimes and dates as themselves."""
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return [None if pd.isna(v) else v.to_pydatetime() for v in series]
+    return [None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT
+            else (v.item() if isinstance(v, np.generic) else v) for v in series.astype(object)]
+
+
+def _stage(conn: Connection, table: Table, frame: pd.DataFrame) -> str:
+    """The frame's rows in a temporary table shaped like `table`'s columns of the frame; its name. One
+    table per column set: a pooled connection keeps it between calls (emptied at commit on PostgreSQL,
+    by the caller's DELETE elsewhere)."""
+    cols = list(frame.columns)
+    temp = f"_new_{table.name}_{hashlib.sha1('|'.join(cols).encode()).hexdigest()[:8]}"
+    source = ", ".join(f'"{c}"' for c in cols)
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f'CREATE TEMPORARY TABLE IF NOT EXISTS "{temp}" ON COMMIT DELETE ROWS AS '
+                             f'SELECT {source} FROM "{table.name}" WITH NO DATA')
+        for start in range(0, len(frame), CHUNK_ROWS):
+            _copy_postgres(conn, table, frame.iloc[start : start + CHUNK_ROWS], into=temp)
+    else:
+        conn.exec_driver_sql(f'CREATE TEMPORARY TABLE IF NOT EXISTS "{temp}" AS SELECT {source} FROM "{table.name}" WHERE 0')
+        for start in range(0, len(frame), CHUNK_ROWS):
+            _executemany_sqlite(conn, temp, frame.iloc[start : start + CHUNK_ROWS])
+    return temp
 
 
 def insert_select_ignore(conn: Connection, table: Table, columns: Sequence, rows, keys: Sequence[str]) -> int:

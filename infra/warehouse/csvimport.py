@@ -1,18 +1,20 @@
-"""Bring your own data: validate an orders / customers / events CSV completely, then load it in one go.
+"""Bring your own data: read an orders / customers / events / consents / suppressions CSV and check it whole.
 
 Every row is checked before anything is written; problems come back as `FILE:LINE: column X: ...`
-(the header is line 1; a value spanning lines counts them all), up to MAX_PROBLEMS of them plus a count
-of the rest, and nothing is imported. What is refused is what a later step could not hold
-(infra/warehouse/limits.py): the file must be UTF-8 CSV with one header, every row as many fields as
-the header; datetimes are ISO 8601 dates or datetimes within 1900-01-01 to 2200-01-01 (an offset such
-as `+08:00` or `Z` is converted to UTC, a datetime without one is taken as UTC); amounts plain finite
-numbers below 10^10 (no currency symbols or thousands separators; negative amounts, refunds, are
-refused: net them into their order or leave them out); text without control characters and within
-its column's length (schema.py); timezones that zoneinfo knows; emails with one @ and a dotted domain;
-phones of 6-15 digits with an optional leading + (spaces, dashes, dots and brackets are removed);
-event types from the vocabulary (`--map-type SRC=DST` renames a source's own). Orders and events
-must belong to customers the warehouse has, unless `create_customers` (`--create-customers`) adds
-them. Extra columns are ignored; `--map src=dst` renames a column first.
+(the header is line 1; a value spanning lines counts them all), the first MAX_PROBLEMS of them with a
+count by kind, all of them in the `--errors` file (infra/warehouse/csvproblems.py), and nothing is
+imported. What is refused is what a later step could not hold (infra/warehouse/limits.py): the file
+must be UTF-8 CSV with one header, every row as many fields as the header; datetimes are ISO 8601
+dates or datetimes within 1900-01-01 to 2200-01-01 (an offset such as `+08:00` or `Z` is converted to
+UTC, a datetime without one is taken as UTC); amounts plain finite numbers below 10^10 (no currency
+symbols or thousands separators; negative amounts, refunds, are refused: net them into their order or
+leave them out); text without control characters and within its column's length (schema.py);
+timezones that zoneinfo knows; emails with one @ and a dotted domain; phones of 6-15 digits with an
+optional leading + (spaces, dashes, dots and brackets are removed); event types from the vocabulary
+(`--map-type SRC=DST` renames a source's own); member tiers, consent channels and purposes and
+suppression reasons from theirs (VOCABULARY); a consent withdrawn no earlier than it was granted.
+Extra columns are ignored; `--map src=dst` renames a column first. Writing the checked rows into the
+warehouse is infra/warehouse/csvload.py.
 """
 
 from __future__ import annotations
@@ -23,30 +25,31 @@ import hashlib
 import io
 import re
 import zoneinfo
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
-from sqlalchemy.engine import Engine
 
 from infra.errors import UsageError
-from infra.settings import EVENT_TYPES
-from infra.warehouse import limits, schema
-from infra.warehouse.bulk import among, bulk_insert, chunks
+from infra.settings import CONSENT_CHANNELS, EVENT_TYPES
+from infra.warehouse import limits
+from infra.warehouse.csvproblems import Problems
 
-Kind = Literal["orders", "customers", "events"]
-MAX_PROBLEMS = 20
+Kind = Literal["orders", "customers", "events", "consents", "suppressions"]
+KINDS: tuple[str, ...] = ("orders", "customers", "events", "consents", "suppressions")
 TIERS = ("bronze", "silver", "gold", "diamond")
+# What consents are for (the warehouse's consents.purpose; a channel's `purpose:` in lifecycle.yaml
+# adds its own) and why a customer is suppressed (suppressions.reason)
+CONSENT_PURPOSES = ("marketing", "service")
+SUPPRESSION_REASONS = ("complaint", "hard_bounce", "manual")
 # the types an events file may hold: the vocabulary less orders, which are imported as orders
 ROW_EVENT_TYPES = tuple(t for t in EVENT_TYPES if t != "order.placed")
 EMAIL = r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+"
 PHONE = r"\+?[0-9]{6,15}"
 PHONE_SEPARATORS = r"[\s\-.()]"
-TIME_OF = {"orders": "ordered_at", "events": "occurred_at"}  # when a created customer signed up: their first row
+OFFSET = r"[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(Z|[+-]\d{2}(?::?\d{2})?)$"  # a datetime's UTC offset
 
 
 @dataclass(frozen=True)
@@ -66,57 +69,22 @@ FORMATS: dict[str, Format] = {
                                            "first_name", "email", "phone", "advisor_id"),
                         datetimes=("signed_up_at",), dates=("birthday",), integers=("points",)),
     "events": Format(("customer_id", "occurred_at", "type"), ("channel",), datetimes=("occurred_at",)),
+    "consents": Format(("customer_id", "channel", "granted_at"), ("purpose", "withdrawn_at"),
+                       datetimes=("granted_at", "withdrawn_at")),
+    "suppressions": Format(("customer_id", "reason"), ("channel", "created_at"), datetimes=("created_at",)),
+}
+# Closed vocabularies, by (kind, column): values are read lower-case; `purpose` also takes the project's own
+VOCABULARY: dict[tuple[str, str], tuple[str, ...]] = {
+    ("customers", "member_tier"): TIERS,
+    ("consents", "channel"): CONSENT_CHANNELS,
+    ("consents", "purpose"): CONSENT_PURPOSES,
+    ("suppressions", "channel"): CONSENT_CHANNELS,
+    ("suppressions", "reason"): SUPPRESSION_REASONS,
 }
 
 
-@dataclass(frozen=True)
-class Imported:
-    """What an import wrote: its rows, and the customers it created for them (--create-customers)."""
-
-    rows: int
-    created_customers: int = 0
-
-
-class Problems:
-    """Collects `FILE:LINE: column X: ...` lines; raises them all at once.
-
-    `lines[row]` is the file line a data row starts on (the header is line 1); without it, row + 2.
-    """
-
-    def __init__(self, path: Path, lines: np.ndarray | None = None) -> None:
-        self.path, self.lines, self.total = path, [], 0
-        self.at = lines
-
-    def line(self, row: int) -> int:
-        return int(self.at[row]) if self.at is not None else int(row) + 2
-
-    def add(self, rows: np.ndarray, column: str | None, message: str | Callable[[int], str]) -> None:
-        """`rows` are 0-based data rows; `message` a string or a function of the row."""
-        for row in rows[: max(MAX_PROBLEMS - len(self.lines), 0)]:
-            text = message(row) if callable(message) else message
-            where = f"column {column}: " if column else ""
-            self.lines.append((self.line(row), f"{self.path.name}:{self.line(row)}: {where}{text}"))
-        self.total += len(rows)
-
-    def add_group(self, rows: np.ndarray, column: str, message: str) -> None:
-        """Many rows with one problem (an unknown event type): one line, at the first of them, counted once each."""
-        if len(rows):
-            shown = self.total
-            self.add(rows[:1], column, message)
-            self.total = shown + len(rows)
-
-    def raise_if_any(self, kind: str, *, code: str = "L320", hint: str | None = None, what: str | None = None) -> None:
-        if not self.total:
-            return
-        shown = [text for _, text in sorted(self.lines)][:MAX_PROBLEMS]
-        more = self.total - len(shown)
-        body = "\n".join(shown) + (f"\n... and {more} more problem{'s' if more != 1 else ''}" if more > 0 else "")
-        what = what or f"{self.total} problem{'s' if self.total != 1 else ''} in the {kind} file"
-        raise UsageError(f"{self.path}: {what}; nothing was imported\n{body}",
-                         hint=hint or _format_hint(kind), code=code)
-
-
-def _format_hint(kind: str) -> str:
+def format_hint(kind: str) -> str:
+    """What a file of this kind holds, and how to make one that fits."""
     f = FORMATS[kind]
     return (f"{kind} files need the columns {', '.join(f.required)} (optional: {', '.join(f.optional)}); "
             "dates as ISO 8601 (2026-03-31 or 2026-03-31T14:05:00+08:00), plain numbers; rename columns "
@@ -148,7 +116,7 @@ class _Records:
     blank: np.ndarray  # records with no values at all (blank lines), skipped
 
 
-def _records(path: Path, text: str) -> _Records:
+def _records(path: Path, text: str, report: Path | None = None) -> _Records:
     """Tokenise the whole file once with the csv module (strict: an unclosed quote is an error, not the
     rest of the file read as one value): the header, where each record starts, and every record whose
     field count differs from the header's (L345), so pandas then reads values from a well-formed file."""
@@ -184,12 +152,12 @@ def _records(path: Path, text: str) -> _Records:
                               "it is written twice: \"12\"\" screen, black\"", code="L343") from None
     lines = np.asarray(starts, dtype=np.int64)
     if wrong:
-        problems = Problems(path, lines)
-        for record, fields in wrong[:MAX_PROBLEMS]:
-            problems.add(np.array([record]), None, f"{fields} field{'s' if fields != 1 else ''} where the header has "
-                         f"{len(header)}")
-        problems.total = len(wrong)
-        problems.raise_if_any("", code="L345", what=f"{len(wrong):,} row{'s' if len(wrong) != 1 else ''} with a "
+        problems = Problems(path, lines, report=report)
+        fields = dict(wrong)
+        problems.add(np.array(list(fields), dtype=np.int64), None, lambda r: (
+            f"{fields[r]} field{'s' if fields[r] != 1 else ''} where the header has {len(header)}"),
+            kind="rows with another number of fields")
+        problems.raise_if_any(code="L345", what=f"{len(wrong):,} row{'s' if len(wrong) != 1 else ''} with a "
                               "different number of fields than the header",
                               hint="a value containing a comma must be in double quotes (\"1,234.50\"); a row with "
                                    "fewer fields lacks a value: leave it empty between commas (a,,c)")
@@ -235,54 +203,146 @@ def _frame(path: Path, text: str, records: _Records, names: list[str]) -> tuple[
 
 # ---- values -------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Parsed:
+    """A checked file: its rows as typed columns (`frame`, with `_line`), its cells as text (`cells`, for
+    the --errors file), the UTC offset its datetimes carry most often per column (`offsets`, "+08:00": a
+    hint for a timezone), and what a user should know about columns it lacks (`notes`)."""
+
+    kind: str
+    path: Path
+    frame: pd.DataFrame
+    cells: pd.DataFrame
+    offsets: dict[str, str]
+    notes: tuple[str, ...] = ()
+
+    def problems(self, report: Path | None = None) -> Problems:
+        """An empty collection for problems found later (against the warehouse), by the same lines."""
+        return Problems(self.path, self.frame["_line"].to_numpy(), kind=self.kind, hint=format_hint(self.kind),
+                        values=self.cells, report=report)
+
+
 def read(kind: Kind, path: Path | str, mapping: dict[str, str] | None = None,
          type_map: dict[str, str] | None = None) -> pd.DataFrame:
     """The validated rows of a CSV file as typed columns (datetimes naive UTC); UsageError on any problem.
 
     `type_map` (events): source event types renamed to the vocabulary's before they are checked.
     """
+    return parse(kind, path, mapping, type_map).frame
+
+
+def parse(kind: Kind, path: Path | str, mapping: dict[str, str] | None = None, type_map: dict[str, str] | None = None,
+          *, purposes: tuple[str, ...] = CONSENT_PURPOSES, report: Path | None = None) -> Parsed:
+    """`read`, keeping what an import needs besides the rows. `purposes`: the consent purposes the project
+    knows (CONSENT_PURPOSES and its channels' own); `report`: the --errors file, written on problems."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"no such file: {path}", hint="give the path of a CSV file", code="L321")
     fmt = FORMATS[kind]
     text = _text(path)
-    records = _records(path, text)
+    records = _records(path, text, report)
     names = _columns(path, records.header, mapping or {})
     lacking = [c for c in fmt.required if c not in names]
     if lacking:
         raise UsageError(f"{path}:1: missing column{'s' if len(lacking) > 1 else ''} {', '.join(lacking)} "
                          f"(the header has: {', '.join(names)}); nothing was imported",
-                         hint=_format_hint(kind), code="L320")
+                         hint=format_hint(kind), code="L320")
     raw, lines = _frame(path, text, records, names)
-    problems = Problems(path, lines)
+    problems = Problems(path, lines, kind=kind, hint=format_hint(kind), values=raw, report=report)
     out = pd.DataFrame(index=raw.index)
+    offsets: dict[str, str] = {}
     for col in [c for c in (*fmt.required, *fmt.optional) if c in raw.columns]:
         text_col = raw[col].str.strip()
         blank = (text_col == "").to_numpy()
         if col in fmt.required and blank.any():
-            problems.add(np.flatnonzero(blank), col, "empty (required)")
+            problems.add(np.flatnonzero(blank), col, "empty (required)", kind="empty")
         if col in fmt.datetimes or col in fmt.dates:
             out[col] = _times(problems, col, text_col, blank, date=col in fmt.dates, required=col in fmt.required)
+            offset = _usual_offset(text_col) if col in fmt.datetimes else None
+            if offset:
+                offsets[col] = offset
         elif col in fmt.numbers or col in fmt.integers:
             out[col] = _numbers(problems, col, text_col, blank, whole=col in fmt.integers)
         else:
             out[col] = _text_values(problems, kind, col, text_col, blank, type_map or {})
-    if kind == "customers" and "member_tier" in out:
-        tier = out["member_tier"].str.lower()
-        bad = np.flatnonzero((tier.notna() & ~tier.isin(TIERS)).to_numpy())
-        problems.add(bad, "member_tier", lambda r: f"{out['member_tier'].iloc[r]!r} is not one of {', '.join(TIERS)}")
-        out["member_tier"] = tier
-    key = {"orders": "order_id", "customers": "customer_id"}.get(kind)
-    if key and key in out:
-        dup = out[key].notna() & out[key].duplicated(keep=False)
-        first_row = out[key][dup].groupby(out[key][dup]).transform(lambda s: s.index.min())
-        later = np.flatnonzero((dup & out[key].duplicated(keep="first")).to_numpy())
-        problems.add(later, key, lambda r: f"{out[key].iloc[r]!r} repeats line {problems.line(int(first_row.loc[r]))}")
-    problems.raise_if_any(kind)
+    for (of, col), words in VOCABULARY.items():
+        if of == kind and col in out:
+            out[col] = _vocabulary(problems, col, out[col], purposes if col == "purpose" else words)
+    notes = _defaults(kind, out)
+    if kind == "consents" and "withdrawn_at" in out:
+        early = np.flatnonzero((out["withdrawn_at"] < out["granted_at"]).to_numpy(dtype=bool, na_value=False))
+        problems.add(early, "withdrawn_at", lambda r: (
+            f"{raw['withdrawn_at'].iloc[r].strip()!r} is before granted_at {raw['granted_at'].iloc[r].strip()!r}: "
+            "a consent is withdrawn after it was granted (swapped columns?)"), kind="before granted_at")
+    key = KEYS.get(kind)
+    if key and all(k in out for k in key):
+        _repeats(problems, out, key)
+    problems.raise_if_any()
     if kind == "orders":
         out = _with_order_ids(out, lines)
     out["_line"] = lines
-    return out.reset_index(drop=True)
+    return Parsed(kind, path, out.reset_index(drop=True), raw.reset_index(drop=True), offsets, notes)
+
+
+# What makes a row the same row twice, per kind: a repeat within the file is refused
+KEYS: dict[str, tuple[str, ...]] = {"orders": ("order_id",), "customers": ("customer_id",),
+                                    "consents": ("customer_id", "channel", "purpose", "granted_at")}
+
+
+def _repeats(problems: Problems, out: pd.DataFrame, key: tuple[str, ...]) -> None:
+    """Rows whose key an earlier row of the file has: each names the line it repeats."""
+    joined = out[key[0]].astype(object)
+    for col in key[1:]:
+        joined = joined.astype(str) + "\x1f" + out[col].astype(str)
+    joined = joined.where(out[list(key)].notna().all(axis=1).to_numpy())
+    dup = (joined.notna() & joined.duplicated(keep=False)).to_numpy()
+    if not dup.any():
+        return
+    first = pd.Series(np.arange(len(out)), index=out.index)[dup].groupby(joined[dup]).transform("min")
+    later = np.flatnonzero(dup & joined.duplicated(keep="first").to_numpy())
+    if len(key) == 1:
+        problems.add(later, key[0], lambda r: f"{out[key[0]].iloc[r]!r} repeats line {problems.line(int(first.loc[out.index[r]]))}",
+                     kind="repeated in the file")
+    else:
+        problems.add(later, None, lambda r: (f"the same {', '.join(key)} as line "
+                                             f"{problems.line(int(first.loc[out.index[r]]))}"),
+                     kind=f"rows repeating an earlier one's {', '.join(key)}")
+
+
+def _vocabulary(problems: Problems, col: str, values: pd.Series, words: tuple[str, ...]) -> pd.Series:
+    """A closed vocabulary's column, read lower-case; anything else is refused with a near match."""
+    lower = values.str.lower()
+    bad = np.flatnonzero((lower.notna() & ~lower.isin(words)).to_numpy())
+
+    def why(r: int) -> str:
+        close = difflib.get_close_matches(str(lower.iloc[r]), words, n=1, cutoff=0.6)
+        return f"{values.iloc[r]!r} is not one of {', '.join(words)}" + (f" (did you mean '{close[0]}'?)" if close else "")
+
+    problems.add(bad, col, why, kind=f"not one of {', '.join(words)}" if len(words) <= 4 else "not a known value")
+    return lower
+
+
+def _defaults(kind: str, out: pd.DataFrame) -> tuple[str, ...]:
+    """Optional columns a file lacks that change what its rows mean: filled, and said once (not per row)."""
+    if kind == "consents" and "purpose" not in out:
+        out["purpose"] = "marketing"
+        return ("no purpose column: every row is a marketing consent",)
+    if kind == "suppressions" and "channel" not in out:
+        out["channel"] = None
+        return ("no channel column: every row suppresses its customer on every channel",)
+    return ()
+
+
+def _usual_offset(text: pd.Series) -> str | None:
+    """The UTC offset the column's datetimes carry most often (`+08:00`; `Z` is +00:00), None without any."""
+    found = text.str.extract(OFFSET, expand=False).dropna()
+    if found.empty:
+        return None
+    usual = found.value_counts().index[0]
+    if usual == "Z":
+        return "+00:00"
+    sign, digits = usual[0], usual[1:].replace(":", "")
+    return f"{sign}{digits[:2]}:{(digits[2:] or '00')[:2]}"
 
 
 def _times(problems: Problems, col: str, text: pd.Series, blank: np.ndarray, *, date: bool,
@@ -290,13 +350,14 @@ def _times(problems: Problems, col: str, text: pd.Series, blank: np.ndarray, *, 
     """ISO 8601 values as naive UTC datetimes (or dates), within the window limits.py names."""
     parsed = pd.to_datetime(text.where(~blank), format="ISO8601", errors="coerce", utc=True)
     bad = parsed.isna().to_numpy() & ~blank
-    problems.add(np.flatnonzero(bad), col, lambda r: f"not an ISO 8601 date or datetime: {text.iloc[r]!r}")
+    problems.add(np.flatnonzero(bad), col, lambda r: f"not an ISO 8601 date or datetime: {text.iloc[r]!r}",
+                 kind="not an ISO 8601 date")
     parsed = parsed.dt.tz_convert(None)
     outside = ~limits.in_window(parsed) & ~bad & ~blank
     instead = "leave the row out" if required else "leave it empty"
     problems.add(np.flatnonzero(outside), col, lambda r: (
         f"{text.iloc[r]!r} is outside the dates lifecycle works with ({limits.WINDOW_TEXT}); a placeholder such as "
-        f"0001-01-01 or 9999-12-31 is not a date: correct it or {instead}"))
+        f"0001-01-01 or 9999-12-31 is not a date: correct it or {instead}"), kind=f"outside {limits.WINDOW_TEXT}")
     parsed = parsed.where(~outside)
     return parsed.dt.date if date else parsed
 
@@ -307,23 +368,26 @@ def _numbers(problems: Problems, col: str, text: pd.Series, blank: np.ndarray, *
     bad = number.isna().to_numpy() & ~blank
     problems.add(np.flatnonzero(bad), col, lambda r: (
         f"not a {'whole ' if whole else ''}number: {text.iloc[r]!r}"
-        " (plain digits with a '.' for decimals; no currency symbols or thousands separators)"))
+        " (plain digits with a '.' for decimals; no currency symbols or thousands separators)"),
+        kind=f"not a {'whole ' if whole else ''}number")
     values = number.to_numpy()
     infinite = ~np.isfinite(values) & ~np.isnan(values)
     problems.add(np.flatnonzero(infinite), col, lambda r: (
-        f"not a finite number: {text.iloc[r]!r} (infinity, or more digits than any amount has)"))
+        f"not a finite number: {text.iloc[r]!r} (infinity, or more digits than any amount has)"), kind="not finite")
     lo, hi = (limits.INT_MIN, limits.INT_MAX) if whole else (-limits.MAX_AMOUNT, limits.MAX_AMOUNT)
     with np.errstate(invalid="ignore"):
         beyond = np.isfinite(values) & ((values < lo) | (values > hi))
         fraction = np.isfinite(values) & ~beyond & (values != np.round(values)) if whole else np.zeros(len(values), bool)
     problems.add(np.flatnonzero(beyond), col, lambda r: (
-        f"{text.iloc[r]} is beyond what the warehouse holds ({'whole numbers ' if whole else ''}up to {hi:,.{0 if whole else 2}f})"))
-    problems.add(np.flatnonzero(fraction), col, lambda r: f"not a whole number: {text.iloc[r]!r}")
+        f"{text.iloc[r]} is beyond what the warehouse holds ({'whole numbers ' if whole else ''}up to {hi:,.{0 if whole else 2}f})"),
+        kind="beyond what the warehouse holds")
+    problems.add(np.flatnonzero(fraction), col, lambda r: f"not a whole number: {text.iloc[r]!r}",
+                 kind="not a whole number")
     usable = np.isfinite(values) & ~beyond
     negative = np.flatnonzero(usable & (values < 0))
     problems.add(negative, col, lambda r: (
         f"negative ({text.iloc[r]}): refunds are not orders; net them into the original order or leave them out"
-        if col == "amount" else f"negative ({text.iloc[r]})"))
+        if col == "amount" else f"negative ({text.iloc[r]})"), kind="negative")
     number = number.where(usable & ~fraction)
     return number.round().astype("Int64") if whole else number
 
@@ -334,7 +398,7 @@ def _text_values(problems: Problems, kind: str, col: str, text: pd.Series, blank
     control = text.str.contains(limits.CONTROL, regex=True).to_numpy(dtype=bool, na_value=False)
     problems.add(np.flatnonzero(control), col, lambda r: (
         f"contains a control character ({_first_control(text.iloc[r])}): ids and text must be printable "
-        "(no NUL, tabs or line breaks)"))
+        "(no NUL, tabs or line breaks)"), kind="with a control character")
     if col == "type" and type_map:
         text = text.where(~text.isin(list(type_map)), text.map(type_map))
     length = limits.text_length(kind, col)
@@ -342,21 +406,24 @@ def _text_values(problems: Problems, kind: str, col: str, text: pd.Series, blank
         sizes = text.str.len().to_numpy()
         too_long = np.flatnonzero((sizes > length) & ~control)
         problems.add(too_long, col, lambda r: (
-            f"longer than {length} characters ({sizes[r]:,}): the warehouse's {kind}.{col} holds {length}"))
+            f"longer than {length} characters ({sizes[r]:,}): the warehouse's {kind}.{col} holds {length}"),
+            kind=f"longer than {length} characters")
     checked = ~blank & ~control
     if col == "timezone":
         bad = np.flatnonzero(checked & ~limits.zone_mask(text.where(checked)))
-        problems.add(bad, col, lambda r: f"{text.iloc[r]!r} is not a timezone zoneinfo knows{_zone_near(text.iloc[r])} "
-                                         "(IANA names such as Asia/Shanghai or Europe/Berlin)")
+        problems.add(bad, col, lambda r: f"{text.iloc[r]!r} is not a timezone zoneinfo knows{zone_near(text.iloc[r])} "
+                                         "(IANA names such as Asia/Shanghai or Europe/Berlin)",
+                     kind="not a timezone zoneinfo knows")
     elif col == "email":
         bad = np.flatnonzero(checked & ~text.str.fullmatch(EMAIL).to_numpy(dtype=bool, na_value=False))
         problems.add(bad, col, lambda r: f"{text.iloc[r]!r} is not an email address (one @, no spaces, a dot in the "
-                                         "domain: name@example.com)")
+                                         "domain: name@example.com)", kind="not an email address")
     elif col == "phone":
         given, text = text, text.str.replace(PHONE_SEPARATORS, "", regex=True)
         bad = np.flatnonzero(checked & ~text.str.fullmatch(PHONE).to_numpy(dtype=bool, na_value=False))
         problems.add(bad, col, lambda r: f"{given.iloc[r]!r} is not a phone number (6 to 15 digits with an optional "
-                                         "leading +; spaces, dashes, dots and brackets are removed)")
+                                         "leading +; spaces, dashes, dots and brackets are removed)",
+                     kind="not a phone number")
     elif col == "type" and kind == "events":
         _unknown_types(problems, text, checked)
     return text.where(~blank, None)
@@ -367,7 +434,7 @@ def _first_control(value: str) -> str:
     return f"{found.group()!r} at character {found.start() + 1}" if found else "?"
 
 
-def _zone_near(name: str) -> str:
+def zone_near(name: str) -> str:
     close = difflib.get_close_matches(name.strip(), sorted(zoneinfo.available_timezones()), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -389,7 +456,7 @@ def _unknown_types(problems: Problems, types: pd.Series, checked: np.ndarray) ->
             why = (f"not an event type lifecycle knows{f' (did you mean {close[0]!r}?)' if close else ''}; map it "
                    f"with --map-type {value}={target}, or leave those rows out (types: {', '.join(ROW_EVENT_TYPES)})")
         count = f"{len(where):,} row{'s' if len(where) != 1 else ''}, the first on this line"
-        problems.add_group(where, "type", f"{value!r} ({count}): {why}")
+        problems.add_group(where, "type", f"{value!r} ({count}): {why}", kind="not an event type lifecycle knows")
 
 
 def _with_order_ids(orders: pd.DataFrame, lines: np.ndarray) -> pd.DataFrame:
@@ -404,72 +471,7 @@ def _with_order_ids(orders: pd.DataFrame, lines: np.ndarray) -> pd.DataFrame:
     return orders
 
 
-# ---- into the warehouse -------------------------------------------------------------------------
-
-def import_file(engine: Engine, kind: Kind, path: Path | str, mapping: dict[str, str] | None = None, *,
-                type_map: dict[str, str] | None = None, create_customers: bool = False) -> int:
-    """Validate, refuse what the warehouse already has or lacks, then write every row in one transaction;
-    the number of rows written."""
-    return load(engine, kind, path, mapping, type_map=type_map, create_customers=create_customers).rows
-
-
-def load(engine: Engine, kind: Kind, path: Path | str, mapping: dict[str, str] | None = None, *,
-         type_map: dict[str, str] | None = None, create_customers: bool = False) -> Imported:
-    """`import_file`, saying also how many customers it created for orders or events (`create_customers`)."""
-    if create_customers and kind not in TIME_OF:
-        raise UsageError("--create-customers goes with orders or events files",
-                         hint="a customers file creates its own customers", code="L348")
-    frame = read(kind, path, mapping, type_map)
-    path = Path(path)
-    table = schema.metadata.tables[kind]
-    if kind == "customers":
-        frame["signed_up_at"] = frame["signed_up_at"] if "signed_up_at" in frame else pd.NaT
-        frame["timezone"] = (frame["timezone"] if "timezone" in frame else pd.Series(None, index=frame.index, dtype=object)).fillna("UTC")
-        missing = np.flatnonzero(frame["signed_up_at"].isna().to_numpy())
-        if len(missing):
-            problems = Problems(path, frame["_line"].to_numpy())
-            problems.add(missing, "signed_up_at", "empty (the warehouse needs a sign-up time for every customer)")
-            problems.raise_if_any(kind)
-    key = {"orders": "order_id", "customers": "customer_id"}.get(kind)
-    with engine.begin() as conn:
-        if key:
-            taken: set = set()
-            for part in chunks(frame[key].tolist()):
-                taken |= set(conn.execute(select(table.c[key]).where(among(table.c[key], part))).scalars())
-            if taken:
-                problems = Problems(path, frame["_line"].to_numpy())
-                rows = np.flatnonzero(frame[key].isin(taken).to_numpy())
-                problems.add(rows, key, lambda r: f"{frame[key].iloc[r]!r} is already in the warehouse")
-                problems.raise_if_any(kind)
-        created = 0
-        if kind in TIME_OF:
-            strangers = _unknown_customers(conn, frame)
-            if len(strangers) and not create_customers:
-                problems = Problems(path, frame["_line"].to_numpy())
-                rows = np.flatnonzero(frame["customer_id"].isin(strangers).to_numpy())
-                problems.add(rows, "customer_id", lambda r: f"{frame['customer_id'].iloc[r]!r} is not a customer in "
-                                                            "the warehouse")
-                problems.raise_if_any(kind, code="L347", what=(
-                    f"{len(rows):,} {kind if len(rows) != 1 else kind[:-1]} of {len(strangers):,} customer{'s' if len(strangers) != 1 else ''} the "
-                    "warehouse does not have"), hint=(
-                    "import the customers first (`lifecycle data import customers FILE.csv`), or pass "
-                    "--create-customers to add them (signed up at their first row here, timezone UTC)"))
-            if len(strangers):
-                first = frame[frame["customer_id"].isin(strangers)].groupby("customer_id")[TIME_OF[kind]].min()
-                created = bulk_insert(conn, schema.customers, pd.DataFrame(
-                    {"customer_id": first.index.astype(object), "signed_up_at": first.to_numpy(), "timezone": "UTC"}))
-        return Imported(bulk_insert(conn, table, frame.drop(columns=["_line"])), created)
-
-
-def _unknown_customers(conn, frame: pd.DataFrame) -> np.ndarray:
-    """The file's customer ids the warehouse's customers table lacks."""
-    ids = pd.unique(frame["customer_id"].to_numpy(dtype=object))
-    known: set = set()
-    c = schema.customers.c.customer_id
-    for part in chunks(list(ids)):
-        known |= set(conn.execute(select(c).where(among(c, part))).scalars())
-    return np.array([i for i in ids if i not in known], dtype=object)
-
+# ---- the command line's mappings -----------------------------------------------------------
 
 def parse_mapping(pairs: list[str] | None) -> dict[str, str]:
     """`--map src=dst` pairs as a rename mapping."""

@@ -79,7 +79,7 @@ def test_data_import_reports_bad_lines_and_exits_2(tmp_path, capsys):
     assert "error[L347]" in capsys.readouterr().err  # c1 is no customer of the warehouse yet
     assert main(["data", "import", "orders", str(good), "--db", db, "--map", "cid=customer_id",
                  "--create-customers"]) == 0
-    assert "imported 1 orders" in capsys.readouterr().out
+    assert "imported 1 order from" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("content, code", [
@@ -109,3 +109,31 @@ def test_data_import_maps_event_types_and_creates_customers(tmp_path, capsys):
                  "--create-customers"]) == 0
     out = capsys.readouterr().out
     assert "imported 2 events" in out and "created 2 customers for them" in out
+
+
+def test_data_import_takes_consents_and_suppressions_and_the_configured_timezone(tmp_path, capsys):
+    db = f"sqlite:///{tmp_path / 'w.db'}"
+    config = tmp_path / "lifecycle.yaml"
+    config.write_text("channels:\n  sms: {type: outbox}\ndefaults:\n  timezone: Asia/Shanghai\n")
+    people = tmp_path / "customers.csv"
+    people.write_text("customer_id,signed_up_at\nc1,2026-01-01\nc2,2026-01-01\n")
+    assert main(["data", "import", "customers", str(people), "--db", db, "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "imported 2 customers" in out and "2 new, 0 updated" in out
+    assert "warning: 2 customers without a timezone: stored as Asia/Shanghai (defaults.timezone in lifecycle.yaml)" in out
+    grants = tmp_path / "consents.csv"
+    grants.write_text("customer_id,channel,purpose,granted_at\nc1,sms,marketing,2026-01-02\nc2,sms,marketing,2026-01-02\n")
+    assert main(["data", "import", "consents", str(grants), "--db", db]) == 0
+    assert "imported 2 consents" in capsys.readouterr().out
+    blocked = tmp_path / "suppressions.csv"
+    blocked.write_text("customer_id,channel,reason\nc2,,complaint\n")
+    assert main(["data", "import", "suppressions", str(blocked), "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "imported 1 suppression" in out and "every row suppresses its customer on every channel" not in out
+    errors = tmp_path / "problems.csv"
+    blocked.write_text("customer_id,reason\nc2,spam\n")
+    assert main(["data", "import", "suppressions", str(blocked), "--db", db, "--errors", str(errors)]) == 2
+    err = capsys.readouterr().err
+    assert "column reason: 'spam' is not one of complaint, hard_bounce, manual" in err and str(errors) in err
+    assert main(["data", "import", "customers", str(people), "--db", db, "--default-timezone", "Asia/Shangai"]) == 2
+    assert "error[L350]" in capsys.readouterr().err

@@ -149,3 +149,25 @@ def test_an_id_set_is_loaded_once_per_transaction_and_matches_like_in(any_url, m
         with engine.connect() as conn:
             temp = conn.execute(text("SELECT count(*) FROM pg_tables WHERE tablename LIKE '\\_ids\\_%'")).scalar_one()
         assert found == set(odd) and len(ids._loaded) == 2 and temp == 0
+
+
+def test_update_rows_overwrites_the_frames_columns_and_keeps_the_rest(any_url):
+    from infra.warehouse.bulk import update_rows
+
+    engine = open_warehouse(any_url, create=True)
+    upgrade(engine)
+    start = pd.DataFrame({"customer_id": ["a", "b"], "signed_up_at": pd.to_datetime(["2025-01-01", "2025-02-01"]),
+                          "timezone": ["UTC", "UTC"], "points": [1, 2], "first_name": ["Wei", "Ann"]})
+    with engine.begin() as conn:
+        bulk_insert(conn, customers, start)
+        update_rows(conn, customers, pd.DataFrame({
+            "customer_id": ["a", "b", "zz"], "timezone": ["Asia/Shanghai", "Europe/Berlin", "UTC"],
+            "points": pd.array([5, None, 9], dtype="Int64"),
+            "signed_up_at": pd.to_datetime(["2024-12-31", None, "2025-01-01"])}), ["customer_id"], keep=["signed_up_at"])
+    with engine.connect() as conn:
+        rows = {r.customer_id: r for r in conn.execute(select(customers))}
+    assert set(rows) == {"a", "b"}  # a row the table lacks is not added
+    assert (rows["a"].timezone, rows["a"].points, rows["a"].signed_up_at) == ("Asia/Shanghai", 5, dt.datetime(2024, 12, 31))
+    # a NULL clears a column, except in `keep` ones; columns the frame lacks stay as they were
+    assert (rows["b"].timezone, rows["b"].points, rows["b"].signed_up_at) == ("Europe/Berlin", None, dt.datetime(2025, 2, 1))
+    assert rows["b"].first_name == "Ann"
