@@ -17,8 +17,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TagsContext
 from prefect.runtime import flow_run
 
+from flows.artifacts import drop_rows, effect_table, segment_rows
 from flows.compiler import compile_file
 from flows.deploycmd import default_as_of, run_name, tag_run
+from flows.explain import DROPPED, dropped_text
 from flows.plan import Plan
 from flows.sharded import Shards, partitioned, resolve
 from flows.summary import format_counts, outcome_lines
@@ -230,22 +232,25 @@ def _publish(plan: Plan, summary: dict[str, Any]) -> None:
     measured = summary.get("measured")
     if measured:
         lines += ["", measured["markdown"]]
-    lines += ["", f"Full report: `lifecycle report {plan.name}`; one customer's decisions: "
-                  f"`lifecycle explain CUSTOMER_ID --playbook {plan.name}`"]
+    if "lifecycle report" not in (measured or {}).get("markdown", ""):  # the measured section names it
+        lines += ["", f"Full report: `lifecycle report {plan.name}`"]
+    lines += ["", f"One customer's decisions: `lifecycle explain CUSTOMER_ID --playbook {plan.name}`"]
     # outcome_lines masks what it quotes; the whole page once more, as it leaves for the server
     create_markdown_artifact(markdown=mask_secrets_in("\n".join(lines)), key=f"{key}-summary",
                              description="run summary")
-    rows = [
-        {"segment": seg, "customers": n, **summary["segment_tier"].get(seg, {})}
-        for seg, n in summary["segments"].items()
-    ]
-    create_table_artifact(table=rows, key=f"{key}-segments", description="customers per segment and tier")
+    create_table_artifact(table=segment_rows(summary["segments"], summary["segment_tier"]), key=f"{key}-segments",
+                          description="customers per segment and tier (with the channel), then those no tier reached")
     if measured and measured.get("table"):
-        create_table_artifact(table=measured["table"], key=f"{key}-effect",
-                              description="measured effect of recent runs: treated vs control, with intervals")
-    drops = [{"reason": r, "customers": n} for r, n in sorted(summary["dropped"].items(), key=lambda x: -x[1])]
-    create_table_artifact(table=drops or [{"reason": "none", "customers": 0}], key=f"{key}-drops",
+        m = measured.get("measurement") or {}
+        rows, description = effect_table(measured["table"], m.get("currency"), m.get("confidence") or 0.95)
+        create_table_artifact(table=rows, key=f"{key}-effect", description=description)
+    create_table_artifact(table=drop_rows(summary["dropped"], _meaning(plan)), key=f"{key}-drops",
                           description="customers not touched, by reason")
+
+
+def _meaning(plan: Plan) -> Callable[[str], str]:
+    """What a drop reason means, as `lifecycle explain` says it (with the plan's cap and quiet hours)."""
+    return lambda reason: dropped_text(plan, reason) if reason in DROPPED else "-"
 
 
 def run_plan(plan: Plan, playbook_path: str, as_of: dt.date, *, dry_run: bool, model_version: str | None,
