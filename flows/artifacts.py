@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from flows.summary import format_counts
 
 NONE = "—"  # the UI renders a cell as markdown: a lone "-" would be a list bullet
 _TIER = re.compile(r"^tier (\d+) (.+)$")  # tasks/dispatch.py's segment_tier keys: "tier 1 sms"
@@ -98,3 +99,24 @@ def effect_table(table: Iterable[Mapping[str, Any]], currency: str | None,
         })
     compared = f" ({how.pop()})" if len(how) == 1 else ""
     return uniform(rows), f"measured effect of recent runs: treated vs held out{compared}, with intervals"
+
+
+# why a deferred touch was dropped when it came due (tasks/deferred.py checks them again then)
+DEFERRED_DROPPED = {
+    "expired": "its window after the quiet hours passed before it could go out",
+    "no_consent": "consent for its channel was withdrawn while it waited",
+    "suppressed": "put on the suppression list while it waited",
+    "frequency_cap": "touches sent while it waited reached the frequency cap",
+    "no_message": "its message, rendered when it was decided, could not be read",
+}
+
+
+def deliver_markdown(title: str, sent: Mapping[str, int], dropped: Mapping[str, int], failed: Mapping[str, int],
+                     retried: int) -> str:
+    """The deliver-due run's page: what went out, and why the rest did not."""
+    lines = [f"# {title}", "", f"- sent: {format_counts(sent)}", f"- dropped: {format_counts(dropped)}"]
+    lines += [f"  - {r}: {DEFERRED_DROPPED[r]}" for r in sorted(dropped) if r in DEFERRED_DROPPED]
+    lines += [f"- failed (dead letters, by provider reason; see the ledger): {format_counts(failed)}"]
+    if retried:
+        lines.append(f"- provider calls retried: {retried:,}")
+    return "\n".join(lines)

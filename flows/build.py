@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, tags
@@ -17,13 +18,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TagsContext
 from prefect.runtime import flow_run
 
-from flows.artifacts import drop_rows, effect_table, segment_rows
+from flows.artifacts import deliver_markdown, drop_rows, effect_table, segment_rows
 from flows.compiler import compile_file
 from flows.deploycmd import default_as_of, run_name, tag_run
 from flows.explain import DROPPED, dropped_text
 from flows.plan import Plan
 from flows.sharded import Shards, partitioned, resolve
-from flows.summary import format_counts, outcome_lines
+from flows.summary import outcome_lines
 from infra.errors import LifecycleError, RunError, UsageError
 from infra.redact import mask_secrets_in
 from infra.settings import ProjectConfig, load_config
@@ -189,14 +190,23 @@ class Steps:
                             "sent are not repeated and journeys resume where they stopped", code="L603")
 
 
-@flow(name="deliver-due", persist_result=False, validate_parameters=False)
+def deliver_run_name() -> str:
+    """`deliver-due-YYYY-MM-DDTHH:MM` (UTC; `deliver-due-PLAYBOOK-...` for one playbook's), the time the run was
+    due: an hourly deployment run is named for its hour however late a worker starts it, as event-relay's are."""
+    playbook = flow_run.parameters.get("playbook")
+    when = flow_run.scheduled_start_time.astimezone(dt.UTC)
+    return f"deliver-due-{Path(str(playbook)).stem + '-' if playbook else ''}{when:%Y-%m-%dT%H:%M}"
+
+
+@flow(name="deliver-due", persist_result=False, validate_parameters=False, flow_run_name=deliver_run_name)
 def deliver_flow(playbook: str | None = None) -> dict[str, Any]:
     """Send the touches quiet hours deferred whose time has come (all playbooks, or one); schedule hourly."""
     due = deliver_due(warehouse(), load_config(), playbook=playbook)
     summary = {"sent": due.sent, "dropped": due.dropped, "failed": due.failed, "retried": due.retried}
+    when = flow_run.scheduled_start_time.astimezone(dt.UTC)
+    title = f"Deferred touches due{f' ({playbook})' if playbook else ''} at {when:%Y-%m-%d %H:%M} UTC"
     create_markdown_artifact(
-        markdown=f"# Deferred touches due\n\n- sent: {format_counts(due.sent)}\n- dropped: {format_counts(due.dropped)}"
-                 f"\n- failed: {format_counts(due.failed)}\n- provider calls retried: {due.retried:,}",
+        markdown=mask_secrets_in(deliver_markdown(title, due.sent, due.dropped, due.failed, due.retried)),
         key="deliver-due-summary", description="deferred touches delivered")
     return summary
 

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from flows.artifacts import drop_rows, effect_table, segment_rows, uniform
+from flows.artifacts import deliver_markdown, drop_rows, effect_table, segment_rows, uniform
 from tests.conftest import END, flow_run_artifacts, make_world
 
 # the segment x tier counts of a real churn_winback run: each segment reached through its own tiers
@@ -77,6 +77,12 @@ def test_effect_table_rates_as_percent_money_with_currency_and_rows_without_a_li
     assert rows[0]["revenue lift / customer"] == "+15.03"
 
 
+def test_deliver_summary_says_why_deferred_touches_were_dropped():
+    text = deliver_markdown("Deferred touches due at 2026-06-30 10:00 UTC", {"sms": 1200}, {"expired": 14}, {}, 0)
+    assert "- sent: sms 1,200" in text and "- dropped: expired 14" in text
+    assert "expired: its window after the quiet hours passed" in text
+
+
 # ---- through Prefect, read back as the UI reads them ----------------------------------------------------
 
 
@@ -127,3 +133,36 @@ def test_a_runs_tables_read_back_from_prefect_have_one_set_of_columns(prefect_ha
 
     text = arts["churn-winback-summary"].data
     assert text.count("Full report:") == 1 and "lifecycle explain CUSTOMER_ID --playbook churn_winback" in text
+
+
+@pytest.mark.slow
+def test_deliver_runs_are_named_for_their_time_like_the_other_flows(prefect_harness, sqlite_url, monkeypatch):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from flows.build import deliver_flow
+
+    make_world(sqlite_url, customers=300, seed=2)
+    monkeypatch.setenv("LIFECYCLE_DB_URL", sqlite_url)
+
+    def run_of(playbook):
+        state = deliver_flow(playbook=playbook, return_state=True)
+        run_id = state.state_details.flow_run_id
+
+        async def read():
+            async with get_client() as client:
+                return await client.read_flow_run(run_id)
+
+        return asyncio.run(read()), run_id
+
+    before = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    every, run_id = run_of(None)
+    one, _ = run_of("churn_winback")
+    after = dt.datetime.now(dt.UTC)
+    stamp = re.fullmatch(r"deliver-due-(\d{4}-\d\d-\d\dT\d\d:\d\d)", every.name)
+    assert stamp, f"not a name like the event relay's and the KPI flow's: {every.name!r}"
+    assert before <= dt.datetime.fromisoformat(stamp.group(1)).replace(tzinfo=dt.UTC) <= after
+    assert re.fullmatch(r"deliver-due-churn_winback-\d{4}-\d\d-\d\dT\d\d:\d\d", one.name), one.name
+    [page] = flow_run_artifacts(str(run_id))
+    assert page.data.startswith(f"# Deferred touches due at {stamp.group(1).replace('T', ' ')} UTC")
