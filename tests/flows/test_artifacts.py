@@ -166,3 +166,21 @@ def test_deliver_runs_are_named_for_their_time_like_the_other_flows(prefect_harn
     assert re.fullmatch(r"deliver-due-churn_winback-\d{4}-\d\d-\d\dT\d\d:\d\d", one.name), one.name
     [page] = flow_run_artifacts(str(run_id))
     assert page.data.startswith(f"# Deferred touches due at {stamp.group(1).replace('T', ' ')} UTC")
+
+
+@pytest.mark.slow
+def test_kpi_tables_show_rates_as_percent_and_counts_with_separators(prefect_harness, sqlite_url, monkeypatch,
+                                                                      tmp_path):
+    from flows.kpiflow import kpi_flow
+
+    make_world(sqlite_url, customers=3000, seed=3)
+    monkeypatch.setenv("LIFECYCLE_DB_URL", sqlite_url)
+    summary = kpi_flow(end=END.isoformat(), out=str(tmp_path))
+    arts = {a.key: a for a in flow_run_artifacts(summary["flow_run_id"])}
+    monthly = _assert_reads_as_a_table(arts["kpis-monthly"])
+    cohorts = _assert_reads_as_a_table(arts["kpis-cohorts"])
+    assert list(monthly[0])[:3] == ["month", "signed up", "new buyers"] and "AOV" in monthly[0]
+    assert any("," in r["orders"] for r in monthly), "thousands separators on the counts"
+    assert all(re.fullmatch(r"[\d,]+ \(\d+\.\d%\)", r["1st order"]) for r in cohorts[:-1]), cohorts[0]
+    assert not any(k.endswith("_rate") or "_" in k for k in cohorts[0]), list(cohorts[0])
+    assert re.fullmatch(r"\d+\.\d% of [\d,]+", cohorts[0]["2nd in 30 days"]), cohorts[0]
