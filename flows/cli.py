@@ -125,7 +125,7 @@ def parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="the warehouse schema").add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db.add_parser("upgrade", parents=[common], help="create the tables or apply pending migrations")
-    db.add_parser("status", parents=[common], help="show the warehouse URL, schema revision and row counts")
+    db.add_parser("status", parents=[common], help="show the warehouse URL, schema revision and every table's row count")
 
     deliver = sub.add_parser("deliver", parents=[common], help="send deferred touches whose quiet hours are over "
                              "(schedule it hourly; each playbook run also does it for itself)")

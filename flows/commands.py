@@ -291,10 +291,11 @@ def db_status(args: argparse.Namespace) -> int:
     print(f"warehouse: {_shown(url)}")
     print(f"schema:    {rev or 'none'} (this version of lifecycle: {head_revision()})")
     if rev:
-        with engine.connect() as conn:
-            for name in (*schema.DATA_TABLES, "touches", "model_registry"):
-                n = conn.execute(select(func.count()).select_from(schema.metadata.tables[name])).scalar_one()
-                print(f"{name:<15}{n:>12,}")
+        width = max(map(len, schema.metadata.tables)) + 2
+        with engine.connect() as conn:  # every table lifecycle keeps, in the schema's order
+            for name, table in schema.metadata.tables.items():
+                n = conn.execute(select(func.count()).select_from(table)).scalar_one()
+                print(f"{name:<{width}}{n:>12,}")
     return 0
 
 
