@@ -3,7 +3,7 @@
 The UI draws a table artifact's columns from its first row's keys, so a key the first row lacks is a
 column nobody sees: every table here has the same keys in every row (`uniform`). Cells are text as the
 run summary prints them: counts with thousands separators, rates as percentages, money with its
-currency, and "-" where there is nothing to show. Counts only: never a customer.
+currency, and "—" where there is nothing to show. Counts only: never a customer.
 """
 
 from __future__ import annotations
@@ -93,12 +93,13 @@ def effect_table(table: Iterable[Mapping[str, Any]], currency: str | None,
                           else pct(g.get("treated_rate"))),
             ci: (f"{g['lift_pts']:+.1f} ({g.get('low_pts', 0):+.1f} to {g.get('high_pts', 0):+.1f})"
                  if lifted else NONE),
-            "revenue lift / customer": money(g.get("revenue_lift"), currency, signed=True) if lifted else NONE,
+            "revenue lift": money(g.get("revenue_lift"), currency, signed=True) if lifted else NONE,
             **({"comparison": g.get("comparison") or "no holdout, so no lift"} if len(how) > 1 else {}),
             **{k: v for k, v in g.items() if k not in EFFECT_KEYS},
         })
     compared = f" ({how.pop()})" if len(how) == 1 else ""
-    return uniform(rows), f"measured effect of recent runs: treated vs held out{compared}, with intervals"
+    return uniform(rows), (f"measured effect of recent runs: treated vs held out{compared}, with intervals; "
+                          "revenue lift: revenue per customer, treated minus held out")
 
 
 # why a deferred touch was dropped when it came due (tasks/deferred.py checks them again then)
@@ -120,3 +121,4 @@ def deliver_markdown(title: str, sent: Mapping[str, int], dropped: Mapping[str, 
     if retried:
         lines.append(f"- provider calls retried: {retried:,}")
     return "\n".join(lines)
+
