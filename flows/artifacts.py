@@ -8,6 +8,7 @@ currency, and "—" where there is nothing to show. Counts only: never a custome
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -122,3 +123,26 @@ def deliver_markdown(title: str, sent: Mapping[str, int], dropped: Mapping[str, 
         lines.append(f"- provider calls retried: {retried:,}")
     return "\n".join(lines)
 
+
+def _n(n: int, thing: str) -> str:
+    return f"{n:,} {thing}{'' if n == 1 else 's'}"
+
+
+def _window(start: str, end: str) -> str:
+    """A relay window (naive-UTC ISO times, start excluded) to the second, the end's date only when it differs."""
+    a, b = dt.datetime.fromisoformat(start), dt.datetime.fromisoformat(end)
+    return f"after {a:%Y-%m-%d %H:%M:%S}, up to {b:{'%H:%M:%S' if a.date() == b.date() else '%Y-%m-%d %H:%M:%S'}} UTC"
+
+
+def relay_markdown(mode: str, triggered: Iterable[str], windows: Mapping[str, Mapping[str, Any]],
+                   runs: Iterable[Mapping[str, Any]], broken: Iterable[str]) -> str:
+    """The event relay's page: the windows it handed on and what became of them."""
+    how = ("emit: one Prefect event per window, the playbooks' deployment triggers start the runs" if mode == "emit"
+           else "run: the triggered playbooks ran in the relay's process")
+    lines = ["# Event relay", "", f"- mode {how}", f"- playbooks with triggers: {', '.join(sorted(triggered)) or 'none'}"]
+    lines += [f"- {t}: {_n(int(w['events']), 'event')} {_window(w['window_start'], w['window_end'])}"
+              for t, w in windows.items()]
+    lines += [f"- ran {r['playbook']} for {_n(int(r['triggered_by']), 'customer')}: touches {format_counts(r['touches'])}"
+              for r in runs]
+    lines += [f"- skipped, does not compile: {b}" for b in broken]
+    return "\n".join(lines)

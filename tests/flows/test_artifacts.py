@@ -185,3 +185,22 @@ def test_kpi_tables_show_rates_as_percent_and_counts_with_separators(prefect_har
     assert not any(k.endswith("_rate") or "_" in k for k in cohorts[0]), list(cohorts[0])
     assert re.fullmatch(r"\d+\.\d% of [\d,]+", cohorts[0]["2nd in 30 days"]), cohorts[0]
 
+
+@pytest.mark.slow
+def test_the_relays_page_gives_its_window_to_the_second_in_utc_and_counts_in_words(prefect_harness, sqlite_url,
+                                                                                   monkeypatch):
+    from flows.relay import relay_flow
+    from infra.settings import SHIPPED_PLAYBOOKS
+    from infra.warehouse.bulk import utcnow
+    from tests.conftest import add_first_buyers
+
+    monkeypatch.setenv("LIFECYCLE_DB_URL", sqlite_url)
+    engine = make_world(sqlite_url, customers=300, seed=4)
+    at = utcnow() - dt.timedelta(minutes=5)
+    add_first_buyers(engine, {"N1": at}, at - dt.timedelta(days=1))
+    state = relay_flow(playbooks=[str(SHIPPED_PLAYBOOKS / "new_customer_onboarding.yaml")], mode="run",
+                       return_state=True)
+    [page] = [a for a in flow_run_artifacts(str(state.state_details.flow_run_id)) if a.key == "event-relay"]
+    assert re.search(r"^- order\.placed: 1 event after \d{4}-\d\d-\d\d \d\d:\d\d:\d\d, up to "
+                     r"(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d UTC$", page.data, re.M), page.data  # was 01:17:40.650891
+    assert "- ran new_customer_onboarding for 1 customer: touches " in page.data, page.data
