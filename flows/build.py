@@ -23,7 +23,7 @@ from flows.compiler import compile_file
 from flows.deploycmd import default_as_of, run_name, tag_run
 from flows.explain import DROPPED, dropped_text
 from flows.plan import Plan
-from flows.sharded import Shards, partitioned, resolve
+from flows.sharded import Shards, describe_report, partitioned, resolve
 from flows.summary import outcome_lines
 from infra.errors import LifecycleError, RunError, UsageError
 from infra.redact import mask_secrets_in
@@ -239,6 +239,8 @@ def _publish(plan: Plan, summary: dict[str, Any]) -> None:
         f" {summary['unmatched']:,} matched no segment",
         *("- " + line for line in outcome_lines(summary)),
     ]
+    if summary.get("execution"):  # a sharded run: where its shards ran, as the terminal says
+        lines.append("- " + describe_report(summary["execution"]).strip())
     measured = summary.get("measured")
     if measured:
         lines += ["", measured["markdown"]]
