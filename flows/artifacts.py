@@ -62,7 +62,7 @@ def segment_rows(segments: Mapping[str, int], segment_tier: Mapping[str, Mapping
     return uniform(rows)
 
 
-def drop_rows(dropped: Mapping[str, int], meaning: Callable[[str], str]) -> list[dict[str, str]]:
+def drop_rows(dropped: Mapping[str, int], meaning: Callable[[str], str | None]) -> list[dict[str, str]]:
     """Customers not touched, by reason (most first), with what the reason means."""
     rows = [{"reason": r, "customers": count(n), "what it means": meaning(r)}
             for r, n in sorted(dropped.items(), key=lambda x: (-x[1], x[0]))]

@@ -260,9 +260,10 @@ def _publish(plan: Plan, summary: dict[str, Any]) -> None:
                           description="customers not touched, by reason")
 
 
-def _meaning(plan: Plan) -> Callable[[str], str]:
-    """What a drop reason means, as `lifecycle explain` says it (with the plan's cap and quiet hours)."""
-    return lambda reason: dropped_text(plan, reason) if reason in DROPPED else "-"
+def _meaning(plan: Plan) -> Callable[[str], str | None]:
+    """What a drop reason means, as `lifecycle explain` says it (with the plan's cap and quiet hours); None
+    for a reason it does not know."""
+    return lambda reason: dropped_text(plan, reason) if reason in DROPPED else None
 
 
 def run_plan(plan: Plan, playbook_path: str, as_of: dt.date, *, dry_run: bool, model_version: str | None,

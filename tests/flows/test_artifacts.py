@@ -56,6 +56,18 @@ def test_drops_say_what_each_reason_means():
     assert drop_rows({}, str)[0]["what it means"] == "every customer decided today was touched"
 
 
+def test_the_runs_drops_explain_reasons_with_the_playbooks_own_cap_and_a_reason_explain_does_not_know_is_blank():
+    from flows.build import _meaning
+    from flows.compiler import compile_file
+    from infra.settings import SHIPPED_PLAYBOOKS, load_config
+
+    plan = compile_file(SHIPPED_PLAYBOOKS / "churn_winback.yaml", load_config())
+    cap = plan.guardrails.frequency_cap
+    rows = {r["reason"]: r["what it means"] for r in drop_rows({"frequency_cap": 3, "new_reason": 1}, _meaning(plan))}
+    assert rows == {"frequency_cap": f"already had {cap.max} touches in {cap.days} days (frequency cap, counted "
+                                     "across playbooks)", "new_reason": "—"}
+
+
 def test_effect_table_rates_as_percent_money_with_currency_and_rows_without_a_lift_keep_the_columns():
     table = [
         {"group": "all", "by": "overall", "treated": 1158, "sent": 779, "treated_rate": 0.0769, "control": 111,
