@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, tags
@@ -17,11 +18,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TagsContext
 from prefect.runtime import flow_run
 
+from flows.artifacts import deliver_markdown, drop_rows, effect_table, segment_rows
 from flows.compiler import compile_file
 from flows.deploycmd import default_as_of, run_name, tag_run
+from flows.explain import DROPPED, dropped_text
 from flows.plan import Plan
-from flows.sharded import Shards, partitioned, resolve
-from flows.summary import format_counts, outcome_lines
+from flows.sharded import Shards, describe_report, partitioned, resolve
+from flows.summary import outcome_lines
 from infra.errors import LifecycleError, RunError, UsageError
 from infra.redact import mask_secrets_in
 from infra.settings import ProjectConfig, load_config
@@ -192,14 +195,23 @@ class Steps:
                             "sent are not repeated and journeys resume where they stopped", code="L603")
 
 
-@flow(name="deliver-due", persist_result=False, validate_parameters=False)
+def deliver_run_name() -> str:
+    """`deliver-due-YYYY-MM-DDTHH:MM` (UTC; `deliver-due-PLAYBOOK-...` for one playbook's), the time the run was
+    due: an hourly deployment run is named for its hour however late a worker starts it, as event-relay's are."""
+    playbook = flow_run.parameters.get("playbook")
+    when = flow_run.scheduled_start_time.astimezone(dt.UTC)
+    return f"deliver-due-{Path(str(playbook)).stem + '-' if playbook else ''}{when:%Y-%m-%dT%H:%M}"
+
+
+@flow(name="deliver-due", persist_result=False, validate_parameters=False, flow_run_name=deliver_run_name)
 def deliver_flow(playbook: str | None = None) -> dict[str, Any]:
     """Send the touches quiet hours deferred whose time has come (all playbooks, or one); schedule hourly."""
     due = deliver_due(warehouse(), load_config(), playbook=playbook)
     summary = {"sent": due.sent, "dropped": due.dropped, "failed": due.failed, "retried": due.retried}
+    when = flow_run.scheduled_start_time.astimezone(dt.UTC)
+    title = f"Deferred touches due{f' ({playbook})' if playbook else ''} at {when:%Y-%m-%d %H:%M} UTC"
     create_markdown_artifact(
-        markdown=f"# Deferred touches due\n\n- sent: {format_counts(due.sent)}\n- dropped: {format_counts(due.dropped)}"
-                 f"\n- failed: {format_counts(due.failed)}\n- provider calls retried: {due.retried:,}",
+        markdown=mask_secrets_in(deliver_markdown(title, due.sent, due.dropped, due.failed, due.retried)),
         key="deliver-due-summary", description="deferred touches delivered")
     return summary
 
@@ -232,25 +244,31 @@ def _publish(plan: Plan, summary: dict[str, Any]) -> None:
         f" {summary['unmatched']:,} matched no segment",
         *("- " + line for line in outcome_lines(summary)),
     ]
+    if summary.get("execution"):  # a sharded run: where its shards ran, as the terminal says
+        lines.append("- " + describe_report(summary["execution"]).strip())
     measured = summary.get("measured")
     if measured:
         lines += ["", measured["markdown"]]
-    lines += ["", f"Full report: `lifecycle report {plan.name}`; one customer's decisions: "
-                  f"`lifecycle explain CUSTOMER_ID --playbook {plan.name}`"]
+    if "lifecycle report" not in (measured or {}).get("markdown", ""):  # the measured section names it
+        lines += ["", f"Full report: `lifecycle report {plan.name}`"]
+    lines += ["", f"One customer's decisions: `lifecycle explain CUSTOMER_ID --playbook {plan.name}`"]
     # outcome_lines masks what it quotes; the whole page once more, as it leaves for the server
     create_markdown_artifact(markdown=mask_secrets_in("\n".join(lines)), key=f"{key}-summary",
                              description="run summary")
-    rows = [
-        {"segment": seg, "customers": n, **summary["segment_tier"].get(seg, {})}
-        for seg, n in summary["segments"].items()
-    ]
-    create_table_artifact(table=rows, key=f"{key}-segments", description="customers per segment and tier")
+    create_table_artifact(table=segment_rows(summary["segments"], summary["segment_tier"]), key=f"{key}-segments",
+                          description="customers per segment and tier (with the channel), then those no tier reached")
     if measured and measured.get("table"):
-        create_table_artifact(table=measured["table"], key=f"{key}-effect",
-                              description="measured effect of recent runs: treated vs control, with intervals")
-    drops = [{"reason": r, "customers": n} for r, n in sorted(summary["dropped"].items(), key=lambda x: -x[1])]
-    create_table_artifact(table=drops or [{"reason": "none", "customers": 0}], key=f"{key}-drops",
+        m = measured.get("measurement") or {}
+        rows, description = effect_table(measured["table"], m.get("currency"), m.get("confidence") or 0.95)
+        create_table_artifact(table=rows, key=f"{key}-effect", description=description)
+    create_table_artifact(table=drop_rows(summary["dropped"], _meaning(plan)), key=f"{key}-drops",
                           description="customers not touched, by reason")
+
+
+def _meaning(plan: Plan) -> Callable[[str], str | None]:
+    """What a drop reason means, as `lifecycle explain` says it (with the plan's cap and quiet hours); None
+    for a reason it does not know."""
+    return lambda reason: dropped_text(plan, reason) if reason in DROPPED else None
 
 
 def run_plan(plan: Plan, playbook_path: str, as_of: dt.date, *, dry_run: bool, model_version: str | None,

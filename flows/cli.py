@@ -53,6 +53,16 @@ def _check_dates(args: argparse.Namespace) -> None:
                              hint="generate fewer days of history", code="L349")
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {value}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -125,7 +135,7 @@ def parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="the warehouse schema").add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db.add_parser("upgrade", parents=[common], help="create the tables or apply pending migrations")
-    db.add_parser("status", parents=[common], help="show the warehouse URL, schema revision and row counts")
+    db.add_parser("status", parents=[common], help="show the warehouse URL, schema revision and every table's row count")
 
     deliver = sub.add_parser("deliver", parents=[common], help="send deferred touches whose quiet hours are over "
                              "(schedule it hourly; each playbook run also does it for itself)")
@@ -140,7 +150,8 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--mode", choices=["emit", "run"], help="emit Prefect events (default with PREFECT_API_URL) "
                        "or run the triggered playbooks in this process (default without)")
     relay.add_argument("--every", type=_positive, metavar="SECONDS", help="keep relaying at this interval")
-    sub.add_parser("ui", help="start the Prefect UI on http://127.0.0.1:4200 to look at runs")
+    ui = sub.add_parser("ui", help="start the Prefect UI on http://127.0.0.1:4200 (or --port) to look at runs")
+    ui.add_argument("--port", type=_port, default=4200, help="the port to serve it on (default 4200)")
     from flows.deploycmd import add_arguments as add_deploy  # `lifecycle deploy`
 
     add_deploy(sub)

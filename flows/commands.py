@@ -292,18 +292,22 @@ def db_status(args: argparse.Namespace) -> int:
     print(f"warehouse: {_shown(url)}")
     print(f"schema:    {rev or 'none'} (this version of lifecycle: {head_revision()})")
     if rev:
-        with engine.connect() as conn:
-            for name in (*schema.DATA_TABLES, "touches", "model_registry"):
-                n = conn.execute(select(func.count()).select_from(schema.metadata.tables[name])).scalar_one()
-                print(f"{name:<15}{n:>12,}")
+        width = max(map(len, schema.metadata.tables)) + 2
+        with engine.connect() as conn:  # every table lifecycle keeps, in the schema's order
+            for name, table in schema.metadata.tables.items():
+                n = conn.execute(select(func.count()).select_from(table)).scalar_one()
+                print(f"{name:<{width}}{n:>12,}")
     return 0
 
 
 def ui(args: argparse.Namespace) -> int:
-    """The Prefect UI over the same local database the ephemeral runs wrote to."""
+    """The Prefect UI over the same local database the ephemeral runs wrote to, on 127.0.0.1:--port."""
     prefect = Path(sys.executable).with_name("prefect")
-    print("Prefect UI on http://127.0.0.1:4200 (Ctrl-C to stop)")
-    return subprocess.call([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", "4200"])
+    url = f"http://127.0.0.1:{args.port}"
+    # the page in the browser calls the API at PREFECT_UI_API_URL, which `--port` alone leaves at :4200
+    env = {**os.environ, "PREFECT_UI_API_URL": os.environ.get("PREFECT_UI_API_URL") or f"{url}/api"}
+    print(f"Prefect UI on {url} (Ctrl-C to stop)", flush=True)
+    return subprocess.call([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(args.port)], env=env)
 
 
 # ---- output ------------------------------------------------------------------------------------

@@ -333,7 +333,7 @@ def decision(engine: Engine, config: ProjectConfig, customer_id: str, name: str,
         out["ledger"]["tier"] = None if pd.isna(row.get("tier")) else int(row["tier"]) + 1
         reason = row.get("reason")
         if reason and row["status"] in ("dropped", "held_out"):
-            out["ledger"]["why"] = _dropped_text(plan, str(reason))
+            out["ledger"]["why"] = dropped_text(plan, str(reason))
         if row["status"] == "deferred":
             out["ledger"]["why"] = f"deferred by quiet hours; due {row.get('due_at')} UTC"
     else:
@@ -355,7 +355,7 @@ def decision(engine: Engine, config: ProjectConfig, customer_id: str, name: str,
     return out
 
 
-def _dropped_text(plan: Plan | None, reason: str) -> str:
+def dropped_text(plan: Plan | None, reason: str) -> str:
     if plan is None:
         return DROPPED.get(reason, reason)
     g = plan.guardrails

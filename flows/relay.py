@@ -18,6 +18,7 @@ from typing import Any, Literal
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.artifacts import relay_markdown
 from flows.compiler import compile_file
 from flows.plan import Plan
 from infra.errors import AuthorError
@@ -76,12 +77,8 @@ def relay_flow(playbooks: list[str], mode: str | None = None) -> dict[str, Any]:
                          "touches": summary["touches"]})
 
     windows = relay(engine, {p.trigger.event for p, _ in plans}, hand_over)
-    lines = ["# Event relay", "", f"mode: {mode}; playbooks with triggers: "
-             + (", ".join(sorted(p.name for p, _ in plans)) or "none")]
-    lines += [f"- {t}: {w['events']:,} events in ({w['window_start']}, {w['window_end']}]" for t, w in windows.items()]
-    lines += [f"- ran {r['playbook']}: {r['triggered_by']:,} customers" for r in runs]
-    lines += [f"- skipped, does not compile: {b}" for b in broken]
-    create_markdown_artifact(markdown="\n".join(lines), key="event-relay", description="event windows handed on")
+    create_markdown_artifact(markdown=relay_markdown(mode, [p.name for p, _ in plans], windows, runs, broken),
+                             key="event-relay", description="event windows handed on")
     if broken:
         log.warning("event relay: %d playbook(s) skipped because they do not compile: %s", len(broken), broken)
     return {"mode": mode, "windows": windows, "runs": runs, "broken": broken}

@@ -1,10 +1,12 @@
-"""Refresh the README's Prefect UI screenshots: docs/flow-run.png, docs/artifact.png, docs/sharded-run.png.
+"""Refresh the README's Prefect UI screenshots: docs/flow-run.png, docs/artifact.png, docs/segments.png,
+docs/sharded-run.png.
 
 Starts a throwaway Prefect server (its own PREFECT_HOME, analytics off), runs `lifecycle demo` against
-it into a throwaway warehouse, then photographs the churn_winback flow-run page and its summary
-artifact with headless Chromium; then runs churn_winback for the next day in 3 shards on a local
-Dask cluster (`--shards 3 --dask`) and photographs that run's page. Needs `chromium` (Debian:
-`apt-get install chromium`).
+it into a throwaway warehouse, then photographs the churn_winback flow-run page, its summary artifact
+and its segments table with headless Chromium; then runs churn_winback for the next day in 3 shards on
+a local Dask cluster (`--shards 3 --dask`) and photographs that run's page. Needs `chromium` (Debian:
+`apt-get install chromium`). `--all DIR` also photographs every artifact of every run into DIR, to
+look at them as ops would.
 
     .venv/bin/python infra/screenshots.py [--customers 5000] [--out docs] [--chromium /usr/bin/chromium]
 """
@@ -29,7 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 PLAYBOOK = "churn_winback"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--window-size=1400,1000", "--virtual-time-budget=15000"]
+                  "--hide-scrollbars", "--virtual-time-budget=15000"]
+SIZE = (1400, 1000)
 
 
 def _free_port() -> int:
@@ -76,8 +79,8 @@ def _server(tmp: Path, port: int):
         log.close()
 
 
-def _ids(api: str) -> tuple[str, str, str]:
-    """The newest churn_winback flow run, its summary artifact and its as-of date."""
+def _ids(api: str) -> tuple[str, dict[str, str], str]:
+    """The newest churn_winback flow run, its artifacts' ids by kind (summary, segments, ...) and its as-of date."""
     from prefect import get_client
     from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
                                                 FlowRunFilterName)
@@ -90,16 +93,32 @@ def _ids(api: str) -> tuple[str, str, str]:
         if not runs:
             raise SystemExit(f"no {PLAYBOOK} run on the server")
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[runs[0].id])))
-        summary = [a for a in arts if a.type == "markdown" and (a.key or "").endswith("-summary")]
-        if not summary:
+        kinds = {(a.key or "").rsplit("-", 1)[-1]: str(a.id) for a in arts if a.key}
+        if "summary" not in kinds:
             raise SystemExit(f"run {runs[0].name} has no summary artifact")
-        return str(runs[0].id), str(summary[0].id), str(runs[0].parameters.get("as_of"))
+        return str(runs[0].id), kinds, str(runs[0].parameters.get("as_of"))
 
 
-def _shoot(chromium: str, url: str, out: Path, tmp: Path) -> None:
+def _every_artifact(api: str) -> list[tuple[str, str]]:
+    """(file name, artifact id) for every artifact on the server: FLOW-RUN-NAME.KEY."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        names = {str(r.id): r.name for r in client.read_flow_runs(limit=200)}
+        arts: list = []
+        while True:  # the API gives 200 a page at most
+            page = client.read_artifacts(limit=200, offset=len(arts))
+            arts += page
+            if len(page) < 200:
+                break
+        return [(f"{names.get(str(a.flow_run_id), 'no-run')}.{a.key or a.id}", str(a.id)) for a in arts]
+
+
+def _shoot(chromium: str, url: str, out: Path, tmp: Path, size: tuple[int, int] = SIZE) -> None:
     profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
-    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={out}", url],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--window-size={size[0]},{size[1]}", f"--user-data-dir={profile}",
+                    f"--screenshot={out}", url], check=True, capture_output=True, timeout=120)
     print(f"{out}: {url} ({out.stat().st_size:,} bytes)")
 
 
@@ -109,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "docs")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (server log, warehouse)")
+    ap.add_argument("--all", type=Path, metavar="DIR", help="also photograph every artifact of every run into DIR")
     args = ap.parse_args(argv)
     if not Path(args.chromium).exists():
         raise SystemExit(f"chromium not found at {args.chromium}; install it (apt-get install chromium)")
@@ -121,15 +141,28 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([lifecycle, "demo", "--customers", str(args.customers)], cwd=REPO, check=True,
                            env=_env(tmp, PREFECT_API_URL=f"{ui}/api"), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-            run_id, artifact_id, as_of = _ids(f"{ui}/api")
+            run_id, artifacts, as_of = _ids(f"{ui}/api")
             _shoot(args.chromium, f"{ui}/runs/flow-run/{run_id}", args.out / "flow-run.png", tmp)
-            _shoot(args.chromium, f"{ui}/artifacts/artifact/{artifact_id}", args.out / "artifact.png", tmp)
+            _shoot(args.chromium, f"{ui}/artifacts/artifact/{artifacts['summary']}", args.out / "artifact.png", tmp)
+            _shoot(args.chromium, f"{ui}/artifacts/artifact/{artifacts['segments']}", args.out / "segments.png", tmp,
+                   (1400, 700))
             next_day = (dt.date.fromisoformat(as_of) + dt.timedelta(days=1)).isoformat()
             subprocess.run([lifecycle, "run", PLAYBOOK, "--as-of", next_day, "--shards", "3", "--dask"], cwd=REPO,
                            check=True, env=_env(tmp, PREFECT_API_URL=f"{ui}/api"), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
             sharded_id, _, _ = _ids(f"{ui}/api")
             _shoot(args.chromium, f"{ui}/runs/flow-run/{sharded_id}", args.out / "sharded-run.png", tmp)
+            if args.all:  # the other flows' pages too: a run whose window has ended (effect), deliver, relay, KPIs
+                later = (dt.date.fromisoformat(as_of) + dt.timedelta(days=15)).isoformat()
+                for cmd in ([lifecycle, "run", PLAYBOOK, "--as-of", later], [lifecycle, "deliver"],
+                            [lifecycle, "events", "relay", "--mode", "run"],
+                            [sys.executable, "-c", "from flows.kpiflow import kpi_flow; kpi_flow()"]):
+                    subprocess.run(cmd, cwd=REPO, check=True, env=_env(tmp, PREFECT_API_URL=f"{ui}/api"),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                args.all.mkdir(parents=True, exist_ok=True)
+                for name, artifact_id in _every_artifact(f"{ui}/api"):
+                    _shoot(args.chromium, f"{ui}/artifacts/artifact/{artifact_id}", args.all / f"{name}.png", tmp,
+                           (1400, 1400))
     finally:
         if args.keep:
             print(f"kept {tmp}")

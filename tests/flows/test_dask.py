@@ -28,7 +28,7 @@ from infra.warehouse.schema import touches
 from models import registry
 from tasks.extract import Shard, extract_all
 from tasks.features import build_features
-from tests.conftest import END, PG_REASON, REPO, make_world
+from tests.conftest import END, PG_REASON, REPO, flow_run_artifacts, make_world
 
 # What a run decides; run ids, timestamps and claims differ between any two runs (and the outbox
 # paths between these two, which write to homes of their own).
@@ -137,6 +137,9 @@ def test_a_run_in_three_shards_on_two_dask_workers_equals_the_single_process_run
     for step in ("extract", "features", "score", "dispatch"):
         assert [n for n in names if n.startswith(step + " [")] == [f"{step} [shard {i}/3]" for i in (1, 2, 3)]
     assert {"segment", "allocate", "reasons"} <= {n.rsplit("-", 1)[0] for n in names}
+    # the run's page in the Prefect UI says where the shards ran, as the terminal does
+    [page] = [a for a in flow_run_artifacts(sharded["flow_run_id"]) if a.key == "churn-winback-summary"]
+    assert "- " + sharding.describe_report(execution).strip() in page.data.splitlines()
 
 
 def test_shards_are_balanced_ranges_whose_features_concatenate_to_the_single_frame(sqlite_url):
