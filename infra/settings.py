@@ -161,6 +161,16 @@ class ExecutionConfig(BaseModel):
     dask: DaskConfig = Field(default_factory=DaskConfig)
 
 
+class Defaults(BaseModel):
+    """What lifecycle assumes where a playbook or the data says nothing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The project's money: what cost_per_message is in, and the currency of the figures of a playbook
+    # without offers or budget (one with them shows theirs). CNY, as offers default to.
+    currency: str = Field(default="CNY", min_length=3, max_length=3)
+
+
 class ProjectConfig(BaseModel):
     """lifecycle.yaml: logical names (channels, warehouse) resolved to real places; no secrets inline."""
 
@@ -170,6 +180,7 @@ class ProjectConfig(BaseModel):
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
     control_group: ControlGroup | None = None  # held out of every marketing playbook, to measure them all
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)  # one process, or shards on Dask
+    defaults: Defaults = Field(default_factory=Defaults)
     source: str = "built-in default"
 
     @field_validator("channels")
@@ -291,6 +302,7 @@ _HINTS = {
     "max_message_chars": f"the longest message the channel takes, in characters: 1 to {MAX_MESSAGE_CHARS:,}; "
                          "omit it for no limit of its own",
     "percent": "the share of customers held out, 0 to 50",
+    "currency": "a three-letter currency code, e.g. CNY (the default), EUR or USD",
 }
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
 
@@ -417,6 +429,8 @@ def _allowed_keys(parent: tuple) -> list[str]:
         return sorted(ChannelConfig.model_fields)
     if parent == ("control_group",):
         return sorted(ControlGroup.model_fields)
+    if parent == ("defaults",):
+        return sorted(Defaults.model_fields)
     if parent == ("execution",):
         return sorted(ExecutionConfig.model_fields)
     if parent == ("execution", "dask"):
