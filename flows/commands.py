@@ -139,7 +139,12 @@ def plan_cmd(args: argparse.Namespace) -> int:
     plan = compile_file(path, load_config(args.config))
     config, url, engine = _context(args)
     model = _prepare_run(plan, engine)
-    report = preview(plan, engine, args.as_of or _today(), model, control=config.control_group)
+    from models.registry import trained_after
+
+    as_of = args.as_of or _today()
+    if trained_after(model, as_of):  # a past day, scored by a model that learned from the days after it
+        print(f"warning: {trained_after(model, as_of)}", file=sys.stderr)
+    report = preview(plan, engine, as_of, model, control=config.control_group)
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.format == "json" else format_preview(report))
     return 0
 

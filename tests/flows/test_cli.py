@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,12 @@ def test_generate_train_run_rerun_from_the_command_line(tmp_path):
     assert_clean_failure(again, 1, "already has 2000 customers")
     train = cli("model", "train", "--db", url)
     assert train.returncode == 0 and "validation AUC" in train.stdout, train.stderr
+    # a day before the model's data ends: plan says the model has seen what came later, and what to do
+    past = cli("plan", "churn_winback", "--as-of", "2026-06-01", "--db", url)
+    assert past.returncode == 0, past.stderr
+    assert re.search(r"warning: model churn-\S+ learned from data up to 2026-06-\d\d, after this run's day 2026-06-01",
+                     past.stderr), past.stderr
+    assert "`lifecycle model train --as-of 2026-06-01`" in past.stderr
 
     first = cli("run", "churn_winback", "--as-of", END.isoformat(), "--db", url, env=env)
     out = first.stdout + first.stderr
