@@ -19,6 +19,7 @@ from flows.plan import Plan
 from flows.summary import format_counts, format_summary
 from infra.errors import UsageError, WarehouseError
 from infra.redact import mask_url
+from infra.wording import counted
 from infra.settings import SHIPPED_PLAYBOOKS, ProjectConfig, load_config, resolve_db_url
 from infra.warehouse import schema
 from infra.warehouse.db import (current_revision, display_url, head_revision, open_warehouse,
@@ -112,7 +113,8 @@ def check(args: argparse.Namespace) -> int:
                 continue
             tiers = sum(len(s.tiers) for s in plan.segments)
             print(f"ok  {plan.name} v{plan.version}  plan {plan.plan_hash}  "
-                  f"{len(plan.segments)} segments, {tiers} tiers, {len(plan.follow_ups)} follow-ups, "
+                  f"{counted(len(plan.segments), 'segment')}, {counted(tiers, 'tier')}, "
+                  f"{counted(len(plan.follow_ups), 'follow-up')}, "
                   f"channels: {', '.join(plan.channels)}")
     return 2 if failed else 0
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from infra.settings import lifecycle_home
+from infra.wording import counted
 
 CHART = "cumulative_conversion.png"
 
@@ -113,8 +114,6 @@ RUNS_LISTED = 7  # more as-of days than this are summed up in the text, listed i
 
 def runs_lines(m) -> list[str]:
     """Which runs the range merged, what each decided, and how a customer decided on several days counts."""
-    from infra.wording import counted
-
     runs = m.runs
     if not runs:
         return []
@@ -134,8 +133,6 @@ def runs_lines(m) -> list[str]:
 
 
 def _run_counts(r: dict) -> str:
-    from infra.wording import counted
-
     earlier = f"; {r['counted_earlier']:,} of them counted from an earlier day" if r["counted_earlier"] else ""
     return f"{counted(r['customers'], 'customer')} decided ({r['treated']:,} treated, {r['held_out']:,} held out{earlier})"
 
@@ -168,7 +165,7 @@ def format_table(m) -> str:
     lines.append("")
     if m.overall.lift is not None:
         lift = m.overall.lift
-        lines.append(f"  incremental: {lift.incremental_conversions:,.0f} conversions, "
+        lines.append(f"  incremental: {counted(round(lift.incremental_conversions), 'conversion')}, "
                      f"{money(lift.incremental_revenue, cur)} revenue")
     fees = ", ".join(f"{ch} {n:,}" for ch, n in m.costs.messages.items()) or "none"
     lines.append(f"  cost: {money(m.costs.total, cur)} = messages {money(m.costs.message_cost, cur)} (sent: {fees})"
@@ -176,7 +173,8 @@ def format_table(m) -> str:
     if m.roi is not None or m.roi_note:
         lines.append(f"  {roi_text(m)}")
     if m.global_control:
-        lines.append(f"  global control group: {m.global_control:,} customers held out of all marketing (not in either arm)")
+        lines.append(f"  global control group: {counted(m.global_control, 'customer')} held out of all marketing "
+                     "(not in either arm)")
     if any(g.comparison == SEGMENT_CONTROL for g in groups):
         lines.append("  * tiers and variants are chosen after the holdout draw: compared with the segment's whole "
                      "control, so read these with care")
@@ -253,7 +251,7 @@ def _html(m, chart: str, extra: str = "") -> str:
     money_lines = []
     if m.overall.lift is not None:
         lift = m.overall.lift
-        money_lines.append(f"incremental: {lift.incremental_conversions:,.0f} conversions, "
+        money_lines.append(f"incremental: {counted(round(lift.incremental_conversions), 'conversion')}, "
                            f"{e(money(lift.incremental_revenue, cur))} revenue")
     money_lines.append(f"cost: {e(money(m.costs.total, cur))} = messages {e(money(m.costs.message_cost, cur))} + "
                        f"coupons {e(money(m.costs.coupon_cost, cur))} ({m.costs.coupons:,} redeemed)")
@@ -319,7 +317,7 @@ def demo_measure(engine, config, plans: list, as_of, seed: int, *, until) -> lis
     response = demoresponse.respond(engine, touched, seed=seed, until=until)
     if response.applied:
         lines = [f"responses: over the {DEMO_RESPONSE_DAYS} days after {as_of}, the touches persuaded "
-                 f"{len(response.added):,} orders and put off {len(response.removed):,} (simulated; "
+                 f"{counted(len(response.added), 'order')} and put off {len(response.removed):,} (simulated; "
                  f"{time.perf_counter() - started:.1f} s)"]
     else:
         lines = [f"responses: already simulated for the touches of {as_of}"]

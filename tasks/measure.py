@@ -621,7 +621,7 @@ def headline(m: Measurement) -> str:
     o = m.overall
     if o.lift is None:
         rate = f"{o.treated.rate:.1%}" if o.treated.rate is not None else "-"
-        return f"{o.treated.n:,} customers, {rate} converted; no holdout, so no lift"
+        return f"{counted(o.treated.n, 'customer')}, {rate} converted; no holdout, so no lift"
     pct = int(round(m.confidence * 100))
     rel = f", {o.lift.relative:+.0%} relative" if o.lift.relative is not None else ""
     return (f"{o.treated.n:,} treated vs {o.control.n:,} held out: conversion {o.treated.rate:.1%} vs "
@@ -643,12 +643,12 @@ def summary_markdown(m: Measurement) -> str:
              f"- goal: `{m.goal_event}` within {m.window_days} days of the touch", f"- {headline(m)}"]
     if m.overall.lift is not None:
         lift = m.overall.lift
-        lines.append(f"- incremental: {lift.incremental_conversions:,.0f} conversions, "
+        lines.append(f"- incremental: {counted(round(lift.incremental_conversions), 'conversion')}, "
                      f"{money(lift.incremental_revenue, m.currency)} revenue "
                      f"(CI {money(lift.revenue_low * m.overall.treated.n, m.currency)} to "
                      f"{money(lift.revenue_high * m.overall.treated.n, m.currency)})")
     lines.append(f"- cost: {money(m.costs.total, m.currency)} ({money(m.costs.message_cost, m.currency)} messages, "
-                 f"{money(m.costs.coupon_cost, m.currency)} for {m.costs.coupons:,} coupons)")
+                 f"{money(m.costs.coupon_cost, m.currency)} for {counted(m.costs.coupons, 'coupon')})")
     if m.roi is not None or m.roi_note:
         lines.append(f"- {roi_text(m)}")
     lines += [f"- note: {n}" for n in m.notes]

@@ -84,6 +84,7 @@ def test_bad_config_points_at_the_line(tmp_path):
 def test_check_passes_shipped_playbooks():
     r = cli("check", "churn_winback", "dormant_wakeup", "birthday_care")
     assert r.returncode == 0 and r.stdout.count("ok  ") == 3, r.stdout + r.stderr
+    assert "3 segments, 5 tiers, 1 follow-up, channels" in r.stdout  # one follow-up is "1 follow-up"
     every = cli("check")
     shipped = len(list((Path(__file__).resolve().parents[2] / "playbooks").glob("*.yaml")))
     assert every.returncode == 0 and every.stdout.count("ok  ") == shipped >= 5, every.stdout + every.stderr
