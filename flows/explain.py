@@ -498,8 +498,8 @@ def format_text(report: dict[str, Any]) -> str:
                          + f"; {where}{arm}")
             if led.get("why"):
                 lines.append(f"    why: {led['why']}")
-            lines.append(f"  ledger: plan {led['plan_hash']}, touch {led['touch_key']}, written {led['created_at']} UTC, "
-                         f"updated {led['updated_at']} UTC"
+            lines.append(f"  ledger: plan {led['plan_hash']}, touch {led['touch_key']}, written "
+                         f"{led['created_at']} UTC, updated {led['updated_at']} UTC"
                          + (f", offer cost {led['cost']:g} {d['currency']}" if led.get("cost") else ""))
         for n in d["notes"]:
             lines.append(f"  note: {n}")

@@ -134,7 +134,8 @@ def runs_lines(m) -> list[str]:
 
 def _run_counts(r: dict) -> str:
     earlier = f"; {r['counted_earlier']:,} of them counted from an earlier day" if r["counted_earlier"] else ""
-    return f"{counted(r['customers'], 'customer')} decided ({r['treated']:,} treated, {r['held_out']:,} held out{earlier})"
+    return (f"{counted(r['customers'], 'customer')} decided ({r['treated']:,} treated, {r['held_out']:,} held out"
+            f"{earlier})")
 
 
 def format_table(m) -> str:

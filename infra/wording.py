@@ -1,4 +1,4 @@
-"""How counts and cut text read in what people see: "1 order", "2 orders", "1,204 customers", "Hi J***, this…" (pure)."""
+"""How counts and cut text read in what people see: "1 order", "2 orders", "1,204 customers", "Hi, this…"."""
 
 from __future__ import annotations
 

@@ -184,7 +184,7 @@ class Measurement:
     open_windows: int  # customers whose window had not ended when the data ends
     notes: list[str] = field(default_factory=list)
     roi_note: str | None = None  # why there is no ROI although there is a lift: the cost is too small for a ratio
-    runs: list[dict[str, Any]] = field(default_factory=list)  # per as-of day: customers decided, by arm; counted earlier
+    runs: list[dict[str, Any]] = field(default_factory=list)  # per as-of day: customers decided, by arm (runs_of)
     both_arms: int = 0  # customers held out on one day and treated on another: in neither arm
 
     def to_json(self) -> dict[str, Any]:
@@ -465,7 +465,8 @@ def roi_of(incremental_revenue: float, cost: float, currency: str) -> tuple[floa
         return None, "no cost recorded"
     share = ROI_MIN_SHARE * abs(incremental_revenue)
     if cost < ROI_MIN_COST:
-        return None, f"the cost, {money(cost, currency)}, is under {ROI_MIN_COST:,.0f} {currency}: too small for a ratio"
+        return None, (f"the cost, {money(cost, currency)}, is under {ROI_MIN_COST:,.0f} {currency}: "
+                      "too small for a ratio")
     if cost < share:
         return None, (f"the cost, {money(cost, currency)}, is under {ROI_MIN_SHARE:.0%} of the incremental revenue "
                       f"({money(incremental_revenue, currency)}): too small for a ratio")

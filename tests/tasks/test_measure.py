@@ -186,7 +186,8 @@ KEEP_TIER = compile_file(SHIPPED_PLAYBOOKS / "keep_tier_reminder.yaml", load_con
 def _reached(n_treated=40, n_held=40, treated_buy=20, held_buy=4, amount=500.0, channel="push"):
     spec = ([(f"T{i}", "sent", None, "low_value", 0, channel, None) for i in range(n_treated)]
             + [(f"H{i}", "held_out", "holdout", "low_value", None, None, None) for i in range(n_held)])
-    orders = _orders([(f"T{i}", 1, amount) for i in range(treated_buy)] + [(f"H{i}", 1, amount) for i in range(held_buy)])
+    orders = _orders([(f"T{i}", 1, amount) for i in range(treated_buy)]
+                     + [(f"H{i}", 1, amount) for i in range(held_buy)])
     return _ledger(spec), orders
 
 
