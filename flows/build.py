@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, tags
+from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TagsContext
 from prefect.runtime import flow_run
@@ -38,7 +38,7 @@ from tasks.dispatch import DispatchResult, dispatch
 from tasks.events import triggered
 from tasks.followups import enter_journeys, follow_ups
 from tasks.guardrails import is_live
-from tasks.measure import fees_of, measure_task
+from tasks.measure import currency_of, fees_of, measure_task
 from tasks.extract import extract, left_out
 from tasks.features import features
 from tasks.incremental import wait_saved
@@ -90,6 +90,9 @@ def _playbook_run(config: ProjectConfig, parts: Shards | None, playbook: str, as
     day = run_day(as_of) if as_of else default_as_of(plan)  # deployments omit as_of
     engine = warehouse()
     model = registry.require(engine, plan.model) if plan.model else None
+    model_warning = registry.trained_after(model, day)  # a past day scored by a model that saw later data
+    if model_warning:
+        get_run_logger().warning("%s: %s", plan.name, model_warning)
     tag_run(plan, model, triggered=bool(window_start and window_end))  # deployment runs: model:/trigger: tags
     if parts is None:
         raw = extract(engine, day, keep_state=not dry_run)  # a dry run writes nothing, not even the state
@@ -136,9 +139,12 @@ def _playbook_run(config: ProjectConfig, parts: Shards | None, playbook: str, as
     # a replay of a past day leaves its deferrals to `lifecycle deliver`, whose clock can follow theirs)
     live = not dry_run and is_live(plan, day, utcnow().replace(tzinfo=dt.UTC))
     due = steps.run("deliver due", lambda: deliver_due(engine, config, playbook=plan.name)) if live else None
-    measured = steps.run("measure", lambda: measure_task(engine, plan, day, fees_of(config)), default=None)
+    measured = steps.run("measure", lambda: measure_task(engine, plan, day, fees_of(config), config.defaults.currency),
+                         default=None)
     summary = summarize(plan, day, dry_run, counts, result, version, due)
     summary["measured"] = measured
+    summary["model_warning"] = model_warning
+    summary["currency"] = currency_of(plan, config.defaults.currency)
     summary["follow_ups"] = follow
     summary["failed_steps"], summary["skipped_steps"] = steps.failed, steps.skipped
     # rows no step can hold, left out (or read as unknown / UTC) instead of failing the run: {"orders": 2}

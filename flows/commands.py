@@ -19,6 +19,7 @@ from flows.plan import Plan
 from flows.summary import format_counts, format_summary
 from infra.errors import UsageError, WarehouseError
 from infra.redact import mask_url
+from infra.wording import counted
 from infra.settings import SHIPPED_PLAYBOOKS, ProjectConfig, load_config, resolve_db_url
 from infra.warehouse import schema
 from infra.warehouse.db import (current_revision, display_url, head_revision, open_warehouse,
@@ -112,7 +113,8 @@ def check(args: argparse.Namespace) -> int:
                 continue
             tiers = sum(len(s.tiers) for s in plan.segments)
             print(f"ok  {plan.name} v{plan.version}  plan {plan.plan_hash}  "
-                  f"{len(plan.segments)} segments, {tiers} tiers, {len(plan.follow_ups)} follow-ups, "
+                  f"{counted(len(plan.segments), 'segment')}, {counted(tiers, 'tier')}, "
+                  f"{counted(len(plan.follow_ups), 'follow-up')}, "
                   f"channels: {', '.join(plan.channels)}")
     return 2 if failed else 0
 
@@ -139,7 +141,12 @@ def plan_cmd(args: argparse.Namespace) -> int:
     plan = compile_file(path, load_config(args.config))
     config, url, engine = _context(args)
     model = _prepare_run(plan, engine)
-    report = preview(plan, engine, args.as_of or _today(), model, control=config.control_group,
+    from models.registry import trained_after
+
+    as_of = args.as_of or _today()
+    if trained_after(model, as_of):  # a past day, scored by a model that learned from the days after it
+        print(f"warning: {trained_after(model, as_of)}", file=sys.stderr)
+    report = preview(plan, engine, as_of, model, control=config.control_group,
                      default_timezone=config.defaults.timezone)
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.format == "json" else format_preview(report))
     return 0

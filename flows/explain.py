@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 import difflib
 import json
+import zoneinfo
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from flows.plan import Plan, TierPlan
 from infra.errors import AuthorError, LifecycleError, UsageError
 from infra.settings import ProjectConfig
 from infra.warehouse import limits
+from infra.wording import counted
 from infra.warehouse.schema import customers, events, orders, touches
 
 HIDDEN = {"first_name", "advisor_id"}  # carried for messages, not shown
@@ -325,17 +327,26 @@ def decision(engine: Engine, config: ProjectConfig, customer_id: str, name: str,
     if row is not None and row.get("score") is not None and not pd.isna(row["score"]):
         score["recorded_score"] = round(float(row["score"]), 4)
     out: dict[str, Any] = {"playbook": name, "as_of": as_of.isoformat(), "features": _features_view(features),
-                           "score": score, "notes": notes}
+                           "score": score, "notes": notes, "currency": _currency(plan, config)}
     if row is not None:
         out["ledger"] = {k: _plain(row.get(k)) for k in ("status", "reason", "segment", "channel", "variant",
                                                           "template", "due_at", "cost", "plan_hash", "run_id",
                                                           "touch_key", "created_at", "updated_at")}
+        # the ledger counts tiers from 0 (touches.tier); what explain shows counts from 1, as plan and report
         out["ledger"]["tier"] = None if pd.isna(row.get("tier")) else int(row["tier"]) + 1
+        for key in ("due_at", "created_at", "updated_at"):  # to the second: microseconds say nothing here
+            out["ledger"][key] = _utc_text(row.get(key))
+        zone = out["features"].get("timezone")
+        due = _due_text(row.get("due_at"), zone)
+        out["ledger"]["due_local"] = due
         reason = row.get("reason")
         if reason and row["status"] in ("dropped", "held_out"):
-            out["ledger"]["why"] = dropped_text(plan, str(reason))
+            out["ledger"]["why"] = dropped_text(plan, str(reason)) + (f" (it was due {due})" if due else "")
         if row["status"] == "deferred":
-            out["ledger"]["why"] = f"deferred by quiet hours; due {row.get('due_at')} UTC"
+            out["ledger"]["why"] = f"deferred by quiet hours; due {due}"
+        elif row["status"] == "sent" and due:
+            out["ledger"]["why"] = f"deferred by quiet hours until {due}, then sent"
+
     else:
         out["ledger"] = None
         notes.append(f"no ledger row for {as_of}: the playbook did not run that day or did not select this "
@@ -355,11 +366,41 @@ def decision(engine: Engine, config: ProjectConfig, customer_id: str, name: str,
     return out
 
 
+def _utc_text(value: Any) -> str | None:
+    """A naive UTC time from the ledger as `2026-11-01 08:00:00`, to the second."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return pd.Timestamp(value).floor("s").strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _due_text(value: Any, zone: str | None) -> str | None:
+    """When a deferred touch was due, on the customer's clock first: `2026-11-01 09:00 Europe/Paris (08:00 UTC)`."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    at = pd.Timestamp(value).floor("s").to_pydatetime().replace(tzinfo=dt.UTC)
+    try:
+        tz = zoneinfo.ZoneInfo(zone) if zone else None
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        tz = None  # judged as UTC, as the run judged it
+    if tz is None or zone in ("UTC", "Etc/UTC"):
+        return f"{at:%Y-%m-%d %H:%M} UTC"
+    local = at.astimezone(tz)
+    same_day = local.date() == at.date()
+    return f"{local:%Y-%m-%d %H:%M} {zone} ({at:%H:%M} UTC{'' if same_day else f' on {at:%Y-%m-%d}'})"
+
+
+def _currency(plan: Plan | None, config: ProjectConfig) -> str:
+    from tasks.measure import currency_of
+
+    return currency_of(plan, config.defaults.currency) if plan is not None else config.defaults.currency
+
+
 def dropped_text(plan: Plan | None, reason: str) -> str:
     if plan is None:
         return DROPPED.get(reason, reason)
     g = plan.guardrails
-    cap = f"{g.frequency_cap.max} touches in {g.frequency_cap.days} days" if g.frequency_cap else "the cap"
+    cap = (f"{counted(g.frequency_cap.max, 'touch', 'touches')} in {counted(g.frequency_cap.days, 'day')}"
+           if g.frequency_cap else "the cap")
     quiet = f"{g.quiet_hours.start}-{g.quiet_hours.end}" if g.quiet_hours else "quiet hours"
     return DROPPED.get(reason, reason).format(cap=cap, quiet=quiet)
 
@@ -457,8 +498,9 @@ def format_text(report: dict[str, Any]) -> str:
                          + f"; {where}{arm}")
             if led.get("why"):
                 lines.append(f"    why: {led['why']}")
-            lines.append(f"  ledger: plan {led['plan_hash']}, touch {led['touch_key']}, written {led['created_at']}, "
-                         f"updated {led['updated_at']}" + (f", offer cost {led['cost']:g}" if led.get("cost") else ""))
+            lines.append(f"  ledger: plan {led['plan_hash']}, touch {led['touch_key']}, written "
+                         f"{led['created_at']} UTC, updated {led['updated_at']} UTC"
+                         + (f", offer cost {led['cost']:g} {d['currency']}" if led.get("cost") else ""))
         for n in d["notes"]:
             lines.append(f"  note: {n}")
         lines += _score_text(d["score"])
@@ -497,10 +539,10 @@ def format_text(report: dict[str, Any]) -> str:
         c = d.get("conversions")
         if c:
             seen = "" if c["window_complete"] else " (window not over yet: the warehouse's orders end before it)"
-            first = f", the first {c['days_to_first']} days after" if c["days_to_first"] is not None else ""
+            first = f", the first {counted(c['days_to_first'], 'day')} after" if c["days_to_first"] is not None else ""
             lines.append(f"  after the touch ({c['touch_at']} UTC): {c['conversions']} {c['event']} in the "
-                         f"{c['window_days']}-day goal window{first}; {c['orders']} orders, {c['revenue']:,.2f} "
-                         f"revenue{seen}")
+                         f"{c['window_days']}-day goal window{first}; {counted(c['orders'], 'order')}, "
+                         f"{c['revenue']:,.2f} {d['currency']} revenue{seen}")
         if d["features"]:
             lines.append(f"  features as of {d['as_of']}:")
             lines += _features_text(d["features"])

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from flows.plan import Plan
 from infra.redact import mask_id, mask_person, strip_controls
 from infra.warehouse import limits
+from infra.wording import clipped
 from tasks.allocate import allocate_frame
 from tasks.dispatch import ledger_status, render_messages, touch_keys
 from tasks.extract import extract_all
@@ -160,5 +161,5 @@ def format_preview(r: dict[str, Any]) -> str:
         arm = f" [{s['variant']}]" if s["variant"] else ""
         subject = f"[{s['subject']}] " if s["subject"] else ""
         body = " ".join(s["body"].split())
-        lines.append(f"    {s['segment']}/tier {s['tier'] + 1}{arm} {s['customer']}: {subject}{body[:150]}")
+        lines.append(f"    {s['segment']}/tier {s['tier'] + 1}{arm} {s['customer']}: {subject}{clipped(body, 150)}")
     return strip_controls("\n".join(lines))  # a name or template text cannot act on the terminal

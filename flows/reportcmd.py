@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from infra.settings import lifecycle_home
+from infra.wording import counted
 
 CHART = "cumulative_conversion.png"
 
@@ -41,7 +42,8 @@ def report(args: argparse.Namespace) -> int:
 
     plan = compile_file(resolve_playbook(args.playbook), load_config(args.config))
     config, _, engine = _context(args)
-    m = measure.measure_playbook(engine, plan, args.date_from, args.date_to, fees=measure.fees_of(config))
+    m = measure.measure_playbook(engine, plan, args.date_from, args.date_to, fees=measure.fees_of(config),
+                                 currency=config.defaults.currency)
     targeting = uplift_evaluation(engine, plan.name)
     if args.format == "json":
         data = {**m.to_json(), "uplift_targeting": targeting.to_json() if targeting else None}
@@ -104,17 +106,47 @@ def _ci(lift, scale: float = 100, digits: int = 1, kind: str = "rate") -> str:
 
 def title(m) -> str:
     return (f"{m.playbook} v{m.version}: as-of {m.date_from} to {m.date_to}; goal {m.goal_event} within "
-            f"{m.window_days} days; holdout {m.holdout_percent:g}%")
+            f"{m.window_days} days; holdout {m.holdout_percent:g}%; money in {m.currency}")
+
+
+RUNS_LISTED = 7  # more as-of days than this are summed up in the text, listed in JSON and HTML
+
+
+def runs_lines(m) -> list[str]:
+    """Which runs the range merged, what each decided, and how a customer decided on several days counts."""
+    runs = m.runs
+    if not runs:
+        return []
+    if len(runs) == 1:
+        return [f"one run: as of {runs[0]['as_of']}, {_run_counts(runs[0])}"]
+    if len(runs) <= RUNS_LISTED:
+        lines = [f"{counted(len(runs), 'run')} merged:"] + [f"  as of {r['as_of']}: {_run_counts(r)}" for r in runs]
+    else:
+        lines = [f"{counted(len(runs), 'run')} merged, as of {runs[0]['as_of']} to {runs[-1]['as_of']} "
+                 "(each run: --format json or html)"]
+    again = sum(r["counted_earlier"] for r in runs)
+    lines.append("a customer decided on several days counts once, in the arm, segment and window of the first"
+                 + (f" ({counted(again, 'decision')} of later runs counted so; a later touch inside that window is "
+                    f"part of what is measured: `lifecycle report {m.playbook} --from DAY --to DAY` measures one run "
+                    "alone)" if again else ""))
+    return lines
+
+
+def _run_counts(r: dict) -> str:
+    earlier = f"; {r['counted_earlier']:,} of them counted from an earlier day" if r["counted_earlier"] else ""
+    return (f"{counted(r['customers'], 'customer')} decided ({r['treated']:,} treated, {r['held_out']:,} held out"
+            f"{earlier})")
 
 
 def format_table(m) -> str:
-    """The report for a terminal: headline, one line per group, variant tests, money, notes."""
-    from tasks.measure import SEGMENT_CONTROL, headline, money
+    """The report for a terminal: headline, the runs merged, one line per group, variant tests, money, notes."""
+    from tasks.measure import SEGMENT_CONTROL, headline, money, roi_text
 
     pct = int(round(m.confidence * 100))
     lines = [title(m), "  " + headline(m), ""]
     groups = [m.overall, *m.segments, *m.tiers, *m.variants]
     width = max(len(g.label) for g in groups) + 2
+    lines += ["  " + line for line in runs_lines(m)] + [""]
     lines.append("  " + f"{'group':<{width}}{'treated':>8}{'sent':>8}{'conv':>7}{'rev/cust':>10}"
                  f"{'control':>9}{'conv':>7}{'rev/cust':>10}   {'lift pts (' + str(pct) + '% CI)':<24}"
                  f"{'revenue lift/cust (' + str(pct) + '% CI)'}")
@@ -129,20 +161,21 @@ def format_table(m) -> str:
         lines += ["", "  variants against each other (randomised within the tier):"]
         for t in m.variant_tests:
             lines.append(f"    {t.segment} / tier {t.tier + 1}: {t.b} vs {t.a}: conversion {_ci(t.lift)} pts, "
-                         f"revenue per customer {_ci(t.lift, 1, 1, 'revenue')}")
+                         f"revenue per customer {_ci(t.lift, 1, 1, 'revenue')} {m.currency}")
     cur = m.currency
     lines.append("")
     if m.overall.lift is not None:
         lift = m.overall.lift
-        lines.append(f"  incremental: {lift.incremental_conversions:,.0f} conversions, "
+        lines.append(f"  incremental: {counted(round(lift.incremental_conversions), 'conversion')}, "
                      f"{money(lift.incremental_revenue, cur)} revenue")
     fees = ", ".join(f"{ch} {n:,}" for ch, n in m.costs.messages.items()) or "none"
     lines.append(f"  cost: {money(m.costs.total, cur)} = messages {money(m.costs.message_cost, cur)} (sent: {fees})"
                  f" + coupons {money(m.costs.coupon_cost, cur)} ({m.costs.coupons:,} redeemed)")
-    if m.roi is not None:
-        lines.append(f"  ROI: {m.roi:+.2f} (incremental revenue minus cost: {money(m.net, cur)})")
+    if m.roi is not None or m.roi_note:
+        lines.append(f"  {roi_text(m)}")
     if m.global_control:
-        lines.append(f"  global control group: {m.global_control:,} customers held out of all marketing (not in either arm)")
+        lines.append(f"  global control group: {counted(m.global_control, 'customer')} held out of all marketing "
+                     "(not in either arm)")
     if any(g.comparison == SEGMENT_CONTROL for g in groups):
         lines.append("  * tiers and variants are chosen after the holdout draw: compared with the segment's whole "
                      "control, so read these with care")
@@ -200,9 +233,10 @@ def _html(m, chart: str, extra: str = "") -> str:
 
     e = html.escape
     pct = int(round(m.confidence * 100))
-    head = (f"<tr><th>group</th><th>treated</th><th>sent</th><th>conversion</th><th>revenue / customer</th>"
-            f"<th>control</th><th>conversion</th><th>revenue / customer</th><th>lift, pts ({pct}% CI)</th>"
-            f"<th>relative</th><th>revenue lift / customer ({pct}% CI)</th><th>compared with</th></tr>")
+    cur = m.currency
+    head = (f"<tr><th>group</th><th>treated</th><th>sent</th><th>conversion</th><th>revenue / customer ({e(cur)})</th>"
+            f"<th>control</th><th>conversion</th><th>revenue / customer ({e(cur)})</th><th>lift, pts ({pct}% CI)</th>"
+            f"<th>relative</th><th>revenue lift / customer, {e(cur)} ({pct}% CI)</th><th>compared with</th></tr>")
     rows = []
     for g in [m.overall, *m.segments, *m.tiers, *m.variants]:
         c = g.control
@@ -213,18 +247,19 @@ def _html(m, chart: str, extra: str = "") -> str:
                     f"<td>{_ci(g.lift)}</td><td>{rel}</td><td>{_ci(g.lift, 1, 1, 'revenue')}</td>"
                     f"<td>{e(g.comparison or '-')}</td></tr>")
     tests = "".join(f"<li>{e(t.segment)} / tier {t.tier + 1}: <b>{e(t.b)}</b> vs <b>{e(t.a)}</b>: conversion "
-                    f"{_ci(t.lift)} pts, revenue per customer {_ci(t.lift, 1, 1, 'revenue')}</li>"
+                    f"{_ci(t.lift)} pts, revenue per customer {_ci(t.lift, 1, 1, 'revenue')} {e(cur)}</li>"
                     for t in m.variant_tests)
-    cur = m.currency
     money_lines = []
     if m.overall.lift is not None:
         lift = m.overall.lift
-        money_lines.append(f"incremental: {lift.incremental_conversions:,.0f} conversions, "
+        money_lines.append(f"incremental: {counted(round(lift.incremental_conversions), 'conversion')}, "
                            f"{e(money(lift.incremental_revenue, cur))} revenue")
     money_lines.append(f"cost: {e(money(m.costs.total, cur))} = messages {e(money(m.costs.message_cost, cur))} + "
                        f"coupons {e(money(m.costs.coupon_cost, cur))} ({m.costs.coupons:,} redeemed)")
     if m.roi is not None:
         money_lines.append(f"ROI: <b>{m.roi:+.2f}</b> (net {e(money(m.net, cur))})")
+    elif m.roi_note:
+        money_lines.append(f"ROI: <b>n/a</b>: {e(m.roi_note)} (net {e(money(m.net, cur))})")
     notes = [*m.notes]
     if any(g.comparison == SEGMENT_CONTROL for g in m.tiers + m.variants):
         notes.append("tiers and variants are chosen after the holdout draw: they are compared with their segment's "
@@ -232,6 +267,7 @@ def _html(m, chart: str, extra: str = "") -> str:
     body = f"""<p>{e(title(m))}</p>
 <p><b>{e(headline(m))}</b></p>
 <ul>{''.join(f'<li>{x}</li>' for x in money_lines)}</ul>
+{_runs_html(m)}
 <h2>Cumulative conversion by days since the touch</h2>
 <div class="chart">{chart}</div>
 <h2>Treated against control</h2>
@@ -244,6 +280,17 @@ not; the touch time is the run's scheduled send time for both arms. Conversion: 
 {m.window_days} days of it. Lift: Newcombe's hybrid score interval for the difference of rates; revenue: a
 seeded bootstrap. Regenerate with <code>lifecycle report {e(m.playbook)} --format html</code>.</p>"""
     return html_page(f"What {m.playbook} caused", body, ".chart img{max-width:100%}td{white-space:nowrap}")
+
+
+def _runs_html(m) -> str:
+    """The as-of days the range merged, one row each."""
+    if len(m.runs) < 2:
+        return f"<p>{html.escape(runs_lines(m)[0])}</p>" if m.runs else ""
+    rows = "".join(f"<tr><td>{r['as_of']}</td><td>{r['customers']:,}</td><td>{r['treated']:,}</td>"
+                   f"<td>{r['held_out']:,}</td><td>{r['counted_earlier']:,}</td></tr>" for r in m.runs)
+    return ("<h2>Runs merged</h2><p>A customer decided on several days counts once, in the arm, segment and window "
+            "of the first.</p><table><tr><th>as of</th><th>customers decided</th><th>treated</th>"
+            f"<th>held out</th><th>counted from an earlier day</th></tr>{rows}</table>")
 
 
 # ---- the demo ----------------------------------------------------------------------------------
@@ -271,7 +318,7 @@ def demo_measure(engine, config, plans: list, as_of, seed: int, *, until) -> lis
     response = demoresponse.respond(engine, touched, seed=seed, until=until)
     if response.applied:
         lines = [f"responses: over the {DEMO_RESPONSE_DAYS} days after {as_of}, the touches persuaded "
-                 f"{len(response.added):,} orders and put off {len(response.removed):,} (simulated; "
+                 f"{counted(len(response.added), 'order')} and put off {len(response.removed):,} (simulated; "
                  f"{time.perf_counter() - started:.1f} s)"]
     else:
         lines = [f"responses: already simulated for the touches of {as_of}"]
@@ -280,7 +327,8 @@ def demo_measure(engine, config, plans: list, as_of, seed: int, *, until) -> lis
         if plan.goal is None:
             continue
         try:
-            m = measure.measure_playbook(engine, plan, as_of, as_of, fees=measure.fees_of(config), n_boot=1000)
+            m = measure.measure_playbook(engine, plan, as_of, as_of, fees=measure.fees_of(config), n_boot=1000,
+                                         currency=config.defaults.currency)
         except UsageError:  # the playbook selected nobody that day
             continue
         measurements.append(m)
@@ -301,7 +349,7 @@ def demo_lines(measurements: list, truth: dict[str, float] | None = None) -> lis
         if m.overall.lift is not None:
             true = (truth or {}).get(m.playbook)
             extra = f"; simulated true effect {true * 100:+.1f} pts" if true is not None else ""
-            roi = f", ROI {m.roi:+.2f}" if m.roi is not None else ""
+            roi = f", ROI {m.roi:+.2f}" if m.roi is not None else (f", ROI n/a ({m.roi_note})" if m.roi_note else "")
             lines.append(f"  incremental revenue {money(m.overall.lift.incremental_revenue, m.currency)}, "
                          f"cost {money(m.costs.total, m.currency)}{roi}{extra}")
     return lines

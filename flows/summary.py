@@ -8,14 +8,16 @@ and in dry-run previews the customer's id and first name, as `lifecycle plan` sh
 from __future__ import annotations
 
 from infra.redact import mask_id, mask_person, mask_secrets_in
+from infra.wording import clipped, counted
 
 PREVIEWS = 4  # dry-run previews in the terminal summary
+PREVIEW_CHARS = 140  # of a preview's body; a longer one ends with an ellipsis
 
 
 def format_summary(s: dict) -> str:
     """A run summary a person can read in the terminal."""
     title = f"{s['playbook']} v{s['version']} as of {s['as_of']}" + ("  (dry run: nothing written or sent)" if s["dry_run"] else "")
-    lines = [title, f"  {s['customers']:,} customers, {s['audience']:,} in the audience, "
+    lines = [title, f"  {counted(s['customers'], 'customer')}, {s['audience']:,} in the audience, "
                     f"{s['unmatched']:,} in no segment; plan {s['plan_hash']}, model {s['model_version'] or 'none'}"]
     channels = sorted({ch for per in s["segment_channel"].values() for ch in per})
     width = max([len(k) for k in s["segments"]] + [9])
@@ -43,21 +45,23 @@ def preview_lines(previews: list[dict]) -> list[str]:
         cid, name = p["customer_id"], p["first_name"]
         subject = mask_person(p.get("subject"), cid, name)
         body = mask_person(str(p.get("body") or ""), cid, name) or ""
-        lines.append(f"{where} {mask_id(cid)}: {f'[{subject}] ' if subject else ''}{body[:140]!r}")
+        lines.append(f"{where} {mask_id(cid)}: {f'[{subject}] ' if subject else ''}{clipped(body, PREVIEW_CHARS)!r}")
     return lines
 
 
 def outcome_lines(s: dict) -> list[str]:
     """What a run did, a line each: shared by the terminal summary and the flow run's markdown artifact."""
-    verb = "would send" if s["dry_run"] else "sent"
-    lines = [f"touches {verb}: {format_counts(s['touches'])}"]
+    dry = s["dry_run"]  # a dry run decides and renders, and sends, defers and commits nothing: it says "would"
+    lines = [f"warning: {s['model_warning']}"] if s.get("model_warning") else []
+    lines.append(f"{'would send' if dry else 'touches sent'}: {format_counts(s['touches'])}")
     if s.get("already_sent"):
         lines.append(f"already sent earlier for this date (not repeated): {s['already_sent']:,}")
-    lines.append(f"not touched: {format_counts(s['dropped'])}")
+    lines.append(f"{'would not touch' if dry else 'not touched'}: {format_counts(s['dropped'])}")
     # a consent no customer of a tier's segments holds (tasks/allocate.py consent_gaps): why they all dropped
     lines += [f"warning: {gap['message']}" for gap in s.get("consent_gaps") or ()]
     if s.get("deferred"):
-        lines.append(f"deferred until quiet hours end: {s['deferred']:,} (sent by the next run or `lifecycle deliver`)")
+        lines.append(f"would defer until quiet hours end: {s['deferred']:,}" if dry else
+                     f"deferred until quiet hours end: {s['deferred']:,} (sent by the next run or `lifecycle deliver`)")
     if s.get("deferred_sent") or s.get("deferred_dropped"):
         lines.append(f"earlier deferred touches now sent: {format_counts(s.get('deferred_sent', {}))}; "
                      f"dropped: {format_counts(s.get('deferred_dropped', {}))}")
@@ -76,9 +80,12 @@ def outcome_lines(s: dict) -> list[str]:
                      f"{' (' + holders + ')' if holders else ''}; once it is gone (or its claims' lease has "
                      "run out) a rerun of the same playbook and as-of date delivers what it left")
     if s.get("offer_cost"):
-        lines.append(f"offers committed: {s['offer_cost']:,.2f} (coupon unit cost of the touches planned)")
+        cost = f"{s['offer_cost']:,.2f} {s.get('currency') or ''}".rstrip()
+        lines.append(f"offers it would commit: {cost} (coupon unit cost of the touches it would send)" if dry else
+                     f"offers committed: {cost} (coupon unit cost of the touches planned)")
     if s.get("triggered_by") is not None and s.get("window"):
-        lines.append(f"triggered: {s['triggered_by']:,} customers with the event in {s['window'][0]} .. {s['window'][1]}")
+        lines.append(f"triggered: {counted(s['triggered_by'], 'customer')} with the event in "
+                     f"{s['window'][0]} .. {s['window'][1]}")
     if s.get("not_reentered"):
         lines.append(f"kept out by the re-entry rule: {s['not_reentered']:,}")
     steps = s.get("follow_ups") or {}
@@ -86,7 +93,9 @@ def outcome_lines(s: dict) -> list[str]:
         lines.append(f"journeys ended by the goal: {steps['converted']:,}")
     for name, c in (steps.get("steps") or {}).items():
         lines.append(f"follow-up {name}: {c['due']:,} due, {c['selected']:,} selected by its rule, "
-                     f"sent {format_counts(c['sent'])}; not touched {format_counts(c['dropped'])}")
+                     f"{'would send' if dry else 'sent'} {format_counts(c['sent'])}; "
+                     f"{'would not touch' if dry else 'not touched'} {format_counts(c['dropped'])}"
+                     + (f"; {'would defer' if dry else 'deferred'} {c['deferred']:,}" if c.get("deferred") else ""))
     for ch, where in sorted(s["outboxes"].items()):
         lines.append(f"outbox {ch}: {where}")
     if s.get("failed_steps"):

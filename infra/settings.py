@@ -164,12 +164,16 @@ class ExecutionConfig(BaseModel):
 
 
 class Defaults(BaseModel):
-    """Values for data that lacks them: `timezone`, the zone of customers imported without one (instead
-    of UTC), so quiet hours and send times are judged where they live."""
+    """What lifecycle assumes where a playbook or the data says nothing: `timezone`, the zone of customers
+    imported without one (instead of UTC), so quiet hours and send times are judged where they live;
+    `currency`, the project's money."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     timezone: str | None = None
+    # The project's money: what cost_per_message is in, and the currency of the figures of a playbook
+    # without offers or budget (one with them shows theirs). CNY, as offers default to.
+    currency: str = Field(default="CNY", min_length=3, max_length=3)
 
     @field_validator("timezone")
     @classmethod
@@ -326,6 +330,7 @@ _HINTS = {
     "percent": "the share of customers held out, 0 to 50",
     "timezone": "an IANA timezone name such as Asia/Shanghai or Europe/Berlin: customers imported without a "
                 "timezone get it",
+    "currency": "a three-letter currency code, e.g. CNY (the default), EUR or USD",
 }
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
 
@@ -465,12 +470,12 @@ def _allowed_keys(parent: tuple) -> list[str]:
         return sorted(ChannelConfig.model_fields)
     if parent == ("control_group",):
         return sorted(ControlGroup.model_fields)
+    if parent == ("defaults",):
+        return sorted(Defaults.model_fields)
     if parent == ("execution",):
         return sorted(ExecutionConfig.model_fields)
     if parent == ("execution", "dask"):
         return sorted(DaskConfig.model_fields)
-    if parent == ("defaults",):
-        return sorted(Defaults.model_fields)
     return sorted(k for k in ProjectConfig.model_fields if k != "source")
 
 

@@ -9,6 +9,7 @@ both work.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -62,6 +63,18 @@ def require(engine: Engine, name: str = "churn") -> ChurnModel:
         )
     model.check_schema()
     return model
+
+
+def trained_after(model: ChurnModel | None, as_of: dt.date) -> str | None:
+    """Why `model` should not score `as_of` unremarked: it learned from data after that day (a backfill or
+    replay with today's model has seen what came later), or None. A warning, not a refusal: a replay with
+    the model of the time is what to do, and the message says how."""
+    if model is None or model.as_of <= as_of:
+        return None
+    return (f"model {model.version} learned from data up to {model.as_of}, after this run's day {as_of}: its "
+            f"scores for {as_of} have seen what came later. For a fair run of a past day, train a model as of "
+            f"that day first (`lifecycle model train --as-of {as_of}`; runs use the newest model trained, so "
+            "train again without --as-of for today's runs)")
 
 
 def save_dir(model: ChurnModel, root: Path | str) -> Path:

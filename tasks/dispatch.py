@@ -208,6 +208,7 @@ def dispatch_frame(allocated: pd.DataFrame, plan: Plan, as_of: dt.date, *, engin
         preview["first_name"] = names.reindex(preview["customer_id"]).to_numpy()  # to mask them where it is shown
         result.previews = preview[["segment", "tier", "variant", "template", "customer_id", "first_name", "subject",
                                    "body"]].to_dict("records")
+        log_summary(plan, result, dry_run=True)
         return result
 
     status = _ledger_status(engine, frame["touch_key"].to_numpy(dtype=object),
@@ -368,7 +369,7 @@ def _send(engine: Engine, channel: Channel, messages: pd.DataFrame, token: str, 
     try:
         if len(messages):
             with claims.Marker(engine, token, delivery):
-                channel.send_batch(messages, delivery)
+                channel.send_batch(for_consumers(messages), delivery)
     except BaseException as exc:
         delivery.undelivered.extend(delivery.outstanding(list(messages["touch_key"])))
         claims.finish(engine, token, delivery)
@@ -380,6 +381,13 @@ def _send(engine: Engine, channel: Channel, messages: pd.DataFrame, token: str, 
                      "as-of date delivers what is left", code="L605") from exc
         raise
     return delivery
+
+
+def for_consumers(messages: pd.DataFrame) -> pd.DataFrame:
+    """The messages as channels hand them on (outbox records, webhook bodies): `tier` numbered from 1, as
+    plan, explain and report number tiers (the ledger's `touches.tier` counts from 0, internally)."""
+    tier = pd.to_numeric(messages["tier"], errors="coerce") if "tier" in messages else None
+    return messages if tier is None else messages.assign(tier=(tier + 1).astype("Int64"))
 
 
 def start_progress(plan: Plan, total: int):
@@ -508,15 +516,19 @@ def _ledger_status(engine: Engine, keys: np.ndarray, day: tuple[str, dt.date] | 
     return found
 
 
-def counts_line(result: DispatchResult) -> str:
-    """Counts only: no customer ids, addresses or message bodies ever reach the log."""
+def counts_line(result: DispatchResult, dry_run: bool = False) -> str:
+    """Counts only: no customer ids, addresses or message bodies ever reach the log. A dry run sends,
+    drops and defers nothing: it says what it would do."""
+    if dry_run:
+        return (f"dry run: would send {result.sent}, would not touch {result.dropped}, would defer "
+                f"{result.deferred}; nothing written or sent")
     return (f"sent {result.sent}, already sent {result.already_sent}, claimed by another run "
             f"{result.claimed_elsewhere}, dropped {result.dropped}, deferred {result.deferred}, "
             f"failed {result.failed}, retried {result.retried}")
 
 
-def log_summary(plan: Plan, result: DispatchResult) -> None:
-    log.info("dispatch %s: %s", plan.name, counts_line(result))
+def log_summary(plan: Plan, result: DispatchResult, dry_run: bool = False) -> None:
+    log.info("dispatch %s: %s", plan.name, counts_line(result, dry_run))
 
 
 @task(name="dispatch", cache_policy=NO_CACHE, **IO_RETRIES)

@@ -9,7 +9,8 @@
   next day (that would give the treated arm of a date range more long-standing unreachable
   customers than the control arm, and rewrite the same drop every day). Ops who want the
   unreached tried again sooner shorten `reentry.days`.
-- **Re-entry** (`kept_out`): `reentry.mode` once / after `days` / every_time decides who may enter again.
+- **Re-entry** (`kept_out`): `reentry.mode` once / after `days` / every_time decides who may enter again,
+  counting entries before and after the run's day alike (a backfill respects the days already run).
 - **Exit on the goal** (`exit_on_goal`): a journey whose customer reached the goal event since entry
   (an order for `order.placed`) is `converted` and gets no more steps.
 - **Advance** (`due`, `advance`): each run takes the active journeys whose next step is due, on the
@@ -51,19 +52,26 @@ def load_plan(engine: Engine, plan_hash: str) -> Plan | None:
 
 
 def kept_out(engine: Engine, ids: pd.Index, plan: Plan, as_of: dt.date) -> np.ndarray:
-    """Which of `ids` the re-entry rule keeps out today (a mask)."""
+    """Which of `ids` the re-entry rule keeps out on `as_of` (a mask).
+
+    The rule holds in both directions in time, so the order runs happen in does not matter: a run for a
+    day before days already run (a backfill, a replay) keeps out who entered on a later day as it keeps
+    out who entered on an earlier one. `after N days`: an entry less than N days away on either side;
+    `once`: an entry on any other day. Entries on `as_of` itself are not counted, so a rerun of that day
+    decides the same customers again (and the ledger repeats nothing)."""
     mode = plan.reentry.mode
     if mode == "every_time" or not len(ids):
         return np.zeros(len(ids), dtype=bool)
     j = journeys.c
-    if mode == "once":  # anyone who ever entered: looked up for these customers only
+    if mode == "once":  # anyone who entered on another day: looked up for these customers only
         entered = lookup(engine, ids.to_numpy(dtype=object), j.customer_id, lambda within: select(j.customer_id)
-                         .distinct().where(j.playbook == plan.name, within, j.entered_on < as_of), ["customer_id"])
-    else:  # those who entered in the last `days`: one range read (ix_journeys_entered)
-        cutoff = as_of - dt.timedelta(days=plan.reentry.days or 0)
+                         .distinct().where(j.playbook == plan.name, within, j.entered_on != as_of), ["customer_id"])
+    else:  # those who entered less than `days` before or after: one range read (ix_journeys_entered)
+        days = dt.timedelta(days=plan.reentry.days or 0)
         with engine.connect() as conn:
             entered = fetch_frame(conn, select(j.customer_id).distinct().where(
-                j.playbook == plan.name, j.entered_on > cutoff, j.entered_on < as_of), ["customer_id"])
+                j.playbook == plan.name, j.entered_on > as_of - days, j.entered_on < as_of + days,
+                j.entered_on != as_of), ["customer_id"])
     return ids.isin(entered["customer_id"].to_numpy(dtype=object))
 
 

@@ -27,7 +27,15 @@ Design choices, each so that treated and control are compared apples to apples:
 - **Cost** is the per-message fee of each sent touch (lifecycle.yaml `cost_per_message`; follow-ups
   included) plus the coupon's unit cost for each treated customer who was sent an offer and ordered
   in the window (the warehouse records no redemptions, so an order stands for one).
-  ROI = (incremental revenue - cost) / cost.
+  ROI = (incremental revenue - cost) / cost, shown only when the cost is large enough for a ratio to
+  mean something: at least 1% of the incremental revenue (either sign) and at least 10 in the
+  currency. Below that (a playbook of free push messages, a few emails) the ratio is the noise of a
+  tiny denominator (+90,000 over 0.04 CNY), so the report says why there is none and shows the net.
+- **Money** is in the playbook's currency: its budget's, else its offers', else the project's
+  (lifecycle.yaml `defaults.currency`, CNY by default), which `cost_per_message` is in too.
+- **Runs**: a range holds every as-of day run in it, whatever order they ran in; the report lists them
+  with how many customers each decided. A customer held out on one day and treated on another (the
+  holdout's percent or salt changed between runs) belongs to neither arm: left out of both and counted.
 - **Tiers and variants**: allocation records for each held-out customer the tier they would have had
   (the first tier they consented to whose capacity and budget would have reached them, tasks/allocate.py
   `_would_be_tiers`), so a tier is compared with the control customers of the same would-be tier
@@ -51,12 +59,16 @@ from sqlalchemy.engine import Engine
 
 from flows.plan import Plan
 from infra.errors import UsageError
+from infra.wording import counted
 from infra.warehouse import limits
 from infra.warehouse.schema import events, orders, touches
 from tasks import stats
 from tasks.guardrails import send_instant
 
 STEP = "main"
+DEFAULT_CURRENCY = "CNY"  # what offers and lifecycle.yaml's defaults.currency default to
+ROI_MIN_SHARE = 0.01  # ROI only for a cost of at least 1% of the incremental revenue ...
+ROI_MIN_COST = 10.0  # ... and at least 10 in the currency: never a ratio over a near-zero cost
 CONFIDENCE = 0.95
 N_BOOT = 2000
 SUMMARY_DAYS = 28  # a flow run's artifact measures the last four weeks of runs with a finished window
@@ -158,7 +170,7 @@ class Measurement:
     window_days: int
     holdout_percent: float
     confidence: float
-    currency: str | None
+    currency: str
     overall: Group
     segments: list[Group]
     tiers: list[Group]
@@ -171,13 +183,18 @@ class Measurement:
     global_control: int
     open_windows: int  # customers whose window had not ended when the data ends
     notes: list[str] = field(default_factory=list)
+    roi_note: str | None = None  # why there is no ROI although there is a lift: the cost is too small for a ratio
+    runs: list[dict[str, Any]] = field(default_factory=list)  # per as-of day: customers decided, by arm (runs_of)
+    both_arms: int = 0  # customers held out on one day and treated on another: in neither arm
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON-able data; groups carry their label."""
+        """Plain JSON-able data; groups carry their label; tiers are numbered from 1, as everywhere shown."""
         out = asdict(self)
         for key in ("segments", "tiers", "variants"):
             for row, group in zip(out[key], getattr(self, key)):
                 row["label"] = group.label
+        for row in [out["overall"], *out["segments"], *out["tiers"], *out["variants"], *out["variant_tests"]]:
+            row["tier"] = None if row["tier"] is None else row["tier"] + 1
         out["overall"]["label"] = "all"
         out["costs"]["total"] = self.costs.total
         return out
@@ -205,16 +222,30 @@ def ledger_rows(engine: Engine, playbook: str, date_from: dt.date | None = None,
     return pd.DataFrame(rows, columns=cols)
 
 
+BOTH_ARMS = "both_arms"  # held out on one day, treated on another: counted, compared in neither arm
+
+
+def _arms(rows: pd.DataFrame) -> np.ndarray:
+    reason = rows["reason"].astype(object)
+    return np.where(reason == "global_control", "global_control",
+                    np.where(rows["status"] == "held_out", "control", "treated"))
+
+
 def assign(rows: pd.DataFrame, plan: Plan) -> pd.DataFrame:
-    """One row per customer (their first as-of day): arm, touch time and the offer cost their touch carried."""
+    """One row per customer (their first as-of day): arm, touch time and the offer cost their touch carried.
+
+    A customer in the control arm on one day and the treated arm on another (the holdout was redrawn
+    between runs) gets the arm `both_arms`: neither arm can claim what they did afterwards."""
+    rows = rows.assign(arm=_arms(rows))
     first = rows.sort_values(["as_of", "customer_id"], kind="stable").drop_duplicates("customer_id")
     first = first.set_index("customer_id")
-    reason = first["reason"].astype(object)
-    arm = np.where(reason == "global_control", "global_control",
-                   np.where(first["status"] == "held_out", "control", "treated"))
+    arm = first["arm"].to_numpy(dtype=object).copy()
+    seen = rows[rows["arm"] != "global_control"].groupby("customer_id")["arm"].nunique()
+    arm[first.index.isin(seen.index[seen > 1]) & (arm != "global_control")] = BOTH_ARMS
     days = pd.to_datetime(first["as_of"]).dt.date
     instants = {d: touch_instant(plan, d) for d in days.unique()}
-    out = first.assign(arm=arm, as_of=days, anchor=pd.to_datetime(days.map(instants)))
+    decided = rows.groupby("customer_id")["as_of"].nunique().reindex(first.index)
+    out = first.assign(arm=arm, as_of=days, anchor=pd.to_datetime(days.map(instants)), decided_days=decided)
     out["tier"] = pd.to_numeric(out["tier"], errors="coerce").astype("Int64")
     out["offer_cost"] = _offer_costs(out, plan)
     return out
@@ -291,12 +322,18 @@ def outcomes(assigned: pd.DataFrame, goal: pd.DataFrame, spend: pd.DataFrame, wi
 def load_outcomes(engine: Engine, plan: Plan, date_from: dt.date | None = None,
                   date_to: dt.date | None = None) -> pd.DataFrame:
     """Assignments and outcomes of the playbook's customers with as-of day in the range."""
+    return _load(engine, plan, date_from, date_to)[0]
+
+
+def _load(engine: Engine, plan: Plan, date_from: dt.date | None,
+          date_to: dt.date | None) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Outcomes (one row per customer) and the range's runs (runs_of)."""
     if plan.goal is None:
         raise UsageError(f"{plan.name} has no goal to measure", code="L331",
                          hint="add `goal: {event: order.placed, window_days: 14}` to the playbook")
     rows = ledger_rows(engine, plan.name, date_from, date_to)
     if rows.empty:
-        return _empty_outcomes()
+        return _empty_outcomes(), []
     assigned = assign(rows, plan)
     window = dt.timedelta(days=plan.goal.window_days)
     start, stop = assigned["anchor"].min().to_pydatetime(), assigned["anchor"].max().to_pydatetime() + window
@@ -310,7 +347,7 @@ def load_outcomes(engine: Engine, plan: Plan, date_from: dt.date | None = None,
         goal = spend
     else:
         goal = _times(engine, events, "occurred_at", None, who, start, stop, where=events.c.type == plan.goal.event)
-    return outcomes(assigned, goal, spend, plan.goal.window_days, data_end(engine))
+    return outcomes(assigned, goal, spend, plan.goal.window_days, data_end(engine)), runs_of(assigned, rows)
 
 
 def assignments(engine: Engine, plan: Plan, date_from: dt.date | None = None,
@@ -329,7 +366,7 @@ def assignments(engine: Engine, plan: Plan, date_from: dt.date | None = None,
 
 def _empty_outcomes() -> pd.DataFrame:
     cols = ["as_of", "status", "reason", "segment", "tier", "channel", "variant", "cost", "arm", "anchor",
-            "offer_cost", "days_to_convert", "converted", "revenue", "ordered", "complete"]
+            "decided_days", "offer_cost", "days_to_convert", "converted", "revenue", "ordered", "complete"]
     return pd.DataFrame(columns=cols).rename_axis("customer_id")
 
 
@@ -376,8 +413,10 @@ def _group(by: str, treated: pd.DataFrame, control: pd.DataFrame | None, compari
 
 def measure(frame: pd.DataFrame, plan: Plan, *, fees: dict[str, float], sent: dict[str, int],
             date_from: dt.date, date_to: dt.date, confidence: float = CONFIDENCE, n_boot: int = N_BOOT,
-            seed: int = 0) -> Measurement:
-    """The whole comparison for one playbook from its outcomes frame (one row per customer)."""
+            seed: int = 0, currency: str | None = None, runs: list[dict[str, Any]] | None = None) -> Measurement:
+    """The whole comparison for one playbook from its outcomes frame (one row per customer); money in
+    `currency` (the project's, for a playbook without budget or offers; default CNY); `runs`: runs_of the
+    range's ledger (default: from the customers' first days)."""
     kw = {"confidence": confidence, "n_boot": n_boot, "seed": seed}
     treated, control = frame[frame["arm"] == "treated"], frame[frame["arm"] == "control"]
     overall = _group("overall", treated, control, RANDOMISED, **kw)
@@ -401,19 +440,52 @@ def measure(frame: pd.DataFrame, plan: Plan, *, fees: dict[str, float], sent: di
                 if lift is not None:
                     tests.append(VariantTest(seg, tier, arms[0], v, lift))
     costs = _costs(treated, fees, sent)
-    net = roi = None
+    cur = currency_of(plan, currency)
+    net = roi = roi_note = None
     if overall.lift is not None:
         net = overall.lift.incremental_revenue - costs.total
-        roi = net / costs.total if costs.total > 0 else None
-    notes = _notes(frame, plan, overall, costs)
+        roi, roi_note = roi_of(overall.lift.incremental_revenue, costs.total, cur)
+    both = int((frame["arm"] == BOTH_ARMS).sum())
+    notes = _notes(frame, plan, overall, costs, both)
     return Measurement(
         playbook=plan.name, version=plan.version, date_from=date_from.isoformat(), date_to=date_to.isoformat(),
         goal_event=plan.goal.event, window_days=plan.goal.window_days,
         holdout_percent=plan.experiment.holdout_percent if plan.experiment else 0.0, confidence=confidence,
-        currency=_currency(plan), overall=overall, segments=segments, tiers=tiers, variants=variants,
+        currency=cur, overall=overall, segments=segments, tiers=tiers, variants=variants,
         variant_tests=tests, costs=costs, net=net, roi=roi, curve=curve(frame, plan.goal.window_days),
         global_control=int((frame["arm"] == "global_control").sum()),
-        open_windows=int((~frame["complete"].astype(bool)).sum()), notes=notes)
+        open_windows=int((~frame["complete"].astype(bool)).sum()), notes=notes, roi_note=roi_note,
+        runs=runs if runs is not None else runs_of(frame), both_arms=both)
+
+
+def roi_of(incremental_revenue: float, cost: float, currency: str) -> tuple[float | None, str | None]:
+    """ROI, or None and why: a ratio over a cost under ROI_MIN_COST, or under ROI_MIN_SHARE of the
+    incremental revenue, is the noise of its denominator (+90,401 over a few cents), not a return."""
+    if cost <= 0:
+        return None, "no cost recorded"
+    share = ROI_MIN_SHARE * abs(incremental_revenue)
+    if cost < ROI_MIN_COST:
+        return None, (f"the cost, {money(cost, currency)}, is under {ROI_MIN_COST:,.0f} {currency}: "
+                      "too small for a ratio")
+    if cost < share:
+        return None, (f"the cost, {money(cost, currency)}, is under {ROI_MIN_SHARE:.0%} of the incremental revenue "
+                      f"({money(incremental_revenue, currency)}): too small for a ratio")
+    return (incremental_revenue - cost) / cost, None
+
+
+def runs_of(frame: pd.DataFrame, rows: pd.DataFrame | None = None) -> list[dict[str, Any]]:
+    """Per as-of day of the ledger `rows` (default: the customers' first days): the customers that run
+    decided, in the arm they count in, and how many of them count from an earlier day of the range."""
+    if rows is None:
+        rows = frame.reset_index()[["customer_id", "as_of"]]
+    decided = rows[["customer_id", "as_of"]].assign(as_of=pd.to_datetime(rows["as_of"]).dt.date).drop_duplicates()
+    decided = decided.join(frame[["arm", "as_of"]].rename(columns={"as_of": "first"}), on="customer_id")
+    out = []
+    for day, part in decided.groupby("as_of", sort=True):
+        out.append({"as_of": day.isoformat(), "customers": int(len(part)),
+                    "treated": int((part["arm"] == "treated").sum()), "held_out": int((part["arm"] == "control").sum()),
+                    "counted_earlier": int((part["first"] < day).sum())})
+    return out
 
 
 def _tier_control(c_seg: pd.DataFrame, tier: int) -> tuple[pd.DataFrame, str]:
@@ -441,26 +513,34 @@ def curve(frame: pd.DataFrame, window_days: int) -> dict[str, list]:
     return out
 
 
-def _currency(plan: Plan) -> str | None:
+def currency_of(plan: Plan, default: str | None = None) -> str:
+    """The currency a playbook's money is shown in: its budget's, else its offers', else `default` (the
+    project's, lifecycle.yaml `defaults.currency`), else CNY."""
     if plan.guardrails.budget:
         return plan.guardrails.budget.currency
-    return next((t.offer.currency for s in plan.segments for t in s.tiers if t.offer), None)
+    tiers = [t for s in plan.segments for t in s.tiers] + [t for f in plan.follow_ups for t in f.tiers]
+    offers = (a.offer for t in tiers for a in [t, *t.variants] if a.offer)
+    return next((o.currency for o in offers), None) or default or DEFAULT_CURRENCY
 
 
-def _notes(frame: pd.DataFrame, plan: Plan, overall: Group, costs: Costs) -> list[str]:
+def _notes(frame: pd.DataFrame, plan: Plan, overall: Group, costs: Costs, both_arms: int = 0) -> list[str]:
     notes = []
+    if both_arms:
+        notes.append(f"{counted(both_arms, 'customer')} held out on one as-of day and treated on another (the "
+                     "holdout was redrawn: its percent or salt changed between runs) are left out of both arms")
     if overall.lift is not None and not overall.lift.significant:
         notes.append("the lift's interval includes zero: at this size the effect cannot be told apart from none, "
-                     "and the ROI is a point estimate")
+                     "and the incremental revenue and ROI are point estimates")
     if overall.control is None:
         notes.append("no holdout: nothing to compare with, so no lift; add `experiment: {holdout_percent: 10}` "
                      "to the playbook and measure the runs after that")
     elif overall.control.n < 100:
-        notes.append(f"only {overall.control.n} customers in the holdout: intervals are wide")
+        notes.append(f"only {counted(overall.control.n, 'customer')} in the holdout: intervals are wide")
     open_ = int((~frame["complete"].astype(bool)).sum())
     if open_:
-        notes.append(f"{open_:,} customers' {plan.goal.window_days}-day windows had not ended when the data ends: "
-                     "their conversions so far count (both arms alike)")
+        whose = f"1 customer's {plan.goal.window_days}-day window" if open_ == 1 else \
+            f"{open_:,} customers' {plan.goal.window_days}-day windows"
+        notes.append(f"{whose} had not ended when the data ends: their conversions so far count (both arms alike)")
     reached = overall.sent / overall.treated.n if overall.treated.n else 0
     if overall.control is not None and reached < 1:
         notes.append(f"{reached:.0%} of the treated arm was sent a message (the rest dropped by guardrails); "
@@ -473,8 +553,10 @@ def _notes(frame: pd.DataFrame, plan: Plan, overall: Group, costs: Costs) -> lis
 # ---- entry points ------------------------------------------------------------------------------
 
 def measure_playbook(engine: Engine, plan: Plan, date_from: dt.date | None = None, date_to: dt.date | None = None,
-                     *, fees: dict[str, float], n_boot: int = N_BOOT, seed: int = 0) -> Measurement:
-    """Load and measure; by default every as-of day whose window has ended (else every day there is)."""
+                     *, fees: dict[str, float], n_boot: int = N_BOOT, seed: int = 0,
+                     currency: str | None = None) -> Measurement:
+    """Load and measure; by default every as-of day whose window has ended (else every day there is).
+    `currency`: the project's (lifecycle.yaml `defaults.currency`), for a playbook without budget or offers."""
     if date_from and date_to and date_from > date_to:
         raise UsageError(f"--from {date_from} is after --to {date_to}", hint="swap the dates", code="L332")
     days = run_days(engine, plan.name)
@@ -485,12 +567,13 @@ def measure_playbook(engine: Engine, plan: Plan, date_from: dt.date | None = Non
     hi = date_to or _last_complete_day(engine, plan, days)
     if date_to is None and hi < lo:  # --from alone, past the last finished window: up to the last run
         hi = max(days[-1], lo)
-    frame = load_outcomes(engine, plan, lo, hi)
+    frame, runs = _load(engine, plan, lo, hi)
     if frame.empty:
         raise UsageError(f"no touches for {plan.name} with as-of day from {lo} to {hi}", code="L330",
                          hint=f"{plan.name} ran on {len(days)} day(s) from {days[0]} to {days[-1]}")
     sent = sent_messages(engine, plan.name, lo, hi + dt.timedelta(days=plan.goal.window_days))
-    return measure(frame, plan, fees=fees, sent=sent, date_from=lo, date_to=hi, n_boot=n_boot, seed=seed)
+    return measure(frame, plan, fees=fees, sent=sent, date_from=lo, date_to=hi, n_boot=n_boot, seed=seed,
+                   currency=currency, runs=runs)
 
 
 def run_days(engine: Engine, playbook: str) -> list[dt.date]:
@@ -514,7 +597,8 @@ def fees_of(config) -> dict[str, float]:
     return {name: ch.cost_per_message for name, ch in config.channels.items()}
 
 
-def flow_run_summary(engine: Engine, plan: Plan, as_of: dt.date, *, fees: dict[str, float]) -> dict[str, Any]:
+def flow_run_summary(engine: Engine, plan: Plan, as_of: dt.date, *, fees: dict[str, float],
+                     currency: str | None = None) -> dict[str, Any]:
     """What a flow run can attach as artifacts: the measured effect of this playbook's runs of the
     SUMMARY_DAYS days up to the last one whose window has ended by `as_of` (counts and rates only, no
     customer ids). Returns data, not artifacts: {"markdown": str, "table": [rows], "measurement": dict | None}."""
@@ -527,7 +611,7 @@ def flow_run_summary(engine: Engine, plan: Plan, as_of: dt.date, *, fees: dict[s
     if not days:
         return {"markdown": f"## Measured effect\n\nNo earlier run of {plan.name} has a finished "
                             f"{plan.goal.window_days}-day window yet. Later: {key}.", "table": [], "measurement": None}
-    m = measure_playbook(engine, plan, days[0], days[-1], fees=fees, n_boot=500)
+    m = measure_playbook(engine, plan, days[0], days[-1], fees=fees, n_boot=500, currency=currency)
     return {"markdown": summary_markdown(m) + f"\n\nFull report: {key}.",
             "table": [group_row(g) for g in [m.overall, *m.segments, *m.tiers, *m.variants]],
             "measurement": m.to_json()}
@@ -538,7 +622,7 @@ def headline(m: Measurement) -> str:
     o = m.overall
     if o.lift is None:
         rate = f"{o.treated.rate:.1%}" if o.treated.rate is not None else "-"
-        return f"{o.treated.n:,} customers, {rate} converted; no holdout, so no lift"
+        return f"{counted(o.treated.n, 'customer')}, {rate} converted; no holdout, so no lift"
     pct = int(round(m.confidence * 100))
     rel = f", {o.lift.relative:+.0%} relative" if o.lift.relative is not None else ""
     return (f"{o.treated.n:,} treated vs {o.control.n:,} held out: conversion {o.treated.rate:.1%} vs "
@@ -547,9 +631,11 @@ def headline(m: Measurement) -> str:
 
 
 def money(value: float | None, currency: str | None) -> str:
+    """`116,508 CNY`; under 100 with two decimals (`0.04 CNY`), so a small cost does not read as none."""
     if value is None:
         return "-"
-    return f"{value:,.0f} {currency}" if currency else f"{value:,.0f}"
+    text = f"{value:,.2f}" if 0 < abs(value) < 100 else f"{value:,.0f}"
+    return f"{text} {currency}" if currency else text
 
 
 def summary_markdown(m: Measurement) -> str:
@@ -558,16 +644,23 @@ def summary_markdown(m: Measurement) -> str:
              f"- goal: `{m.goal_event}` within {m.window_days} days of the touch", f"- {headline(m)}"]
     if m.overall.lift is not None:
         lift = m.overall.lift
-        lines.append(f"- incremental: {lift.incremental_conversions:,.0f} conversions, "
+        lines.append(f"- incremental: {counted(round(lift.incremental_conversions), 'conversion')}, "
                      f"{money(lift.incremental_revenue, m.currency)} revenue "
                      f"(CI {money(lift.revenue_low * m.overall.treated.n, m.currency)} to "
                      f"{money(lift.revenue_high * m.overall.treated.n, m.currency)})")
     lines.append(f"- cost: {money(m.costs.total, m.currency)} ({money(m.costs.message_cost, m.currency)} messages, "
-                 f"{money(m.costs.coupon_cost, m.currency)} for {m.costs.coupons:,} coupons)")
-    if m.roi is not None:
-        lines.append(f"- ROI: {m.roi:+.2f} (net {money(m.net, m.currency)})")
+                 f"{money(m.costs.coupon_cost, m.currency)} for {counted(m.costs.coupons, 'coupon')})")
+    if m.roi is not None or m.roi_note:
+        lines.append(f"- {roi_text(m)}")
     lines += [f"- note: {n}" for n in m.notes]
     return "\n".join(lines)
+
+
+def roi_text(m: Measurement) -> str:
+    """`ROI: +27.72 (net 116,508 CNY)`, or why there is none: `ROI: n/a: the cost, 250 CNY, is under 1% ...`."""
+    if m.roi is not None:
+        return f"ROI: {m.roi:+.2f} (incremental revenue minus cost: {money(m.net, m.currency)})"
+    return f"ROI: n/a: {m.roi_note} (incremental revenue minus cost: {money(m.net, m.currency)})"
 
 
 def group_row(g: Group) -> dict[str, Any]:
@@ -587,5 +680,6 @@ def _r(value: float | None, digits: int = 4) -> float | None:
 
 
 @task(name="measure", cache_policy=NO_CACHE)
-def measure_task(engine: Engine, plan: Plan, as_of: dt.date, fees: dict[str, float]) -> dict[str, Any]:
-    return flow_run_summary(engine, plan, as_of, fees=fees)
+def measure_task(engine: Engine, plan: Plan, as_of: dt.date, fees: dict[str, float],
+                 currency: str | None = None) -> dict[str, Any]:
+    return flow_run_summary(engine, plan, as_of, fees=fees, currency=currency)

@@ -95,7 +95,7 @@ touches = Table(
     Column("as_of", Date, nullable=False),
     Column("customer_id", String(64), nullable=False),
     Column("segment", String(64)),
-    Column("tier", Integer),
+    Column("tier", Integer),  # the segment's tier counted from 0; shown (and sent to outboxes, webhooks) from 1
     Column("channel", String(64)),
     Column("template", String(256)),
     Column("variant", String(64)),
@@ -114,7 +114,7 @@ touches = Table(
     Column("due_at", DateTime),
     Column("payload", Text),
     Column("cost", Float),  # the offer's unit cost this touch committed (coupon), for budgets and ROI
-    Column("skipped", String(256)),  # why earlier tiers passed the customer by: "0:capacity 1:no_consent"
+    Column("skipped", String(256)),  # why earlier tiers (from 0) passed the customer by: "0:capacity 1:no_consent"
     Index("ix_touches_customer", "customer_id", "as_of"),  # caps, same-day rivals, explain: by day
     Index("ix_touches_playbook", "playbook", "as_of"),
     Index("ix_touches_status", "status", "as_of", "due_at"),  # caps' window, the day's rivals, what is due

@@ -21,7 +21,8 @@ from tasks.channels.base import Delivery, RateLimiter, RetryPolicy, http_request
 
 
 def payload(row: dict[str, Any]) -> dict[str, Any]:
-    """The JSON body for one touch: who, which playbook step, tier, variant, channel, message and offer."""
+    """The JSON body for one touch: who, which playbook step, tier (1 for the segment's first, as dispatch hands
+    it on: tasks/dispatch.py `for_consumers`), variant, channel, message and offer."""
     tier = row.get("tier")
     return {
         "touch_key": row["touch_key"], "customer_id": str(row["customer_id"]), "playbook": row.get("playbook"),

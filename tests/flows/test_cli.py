@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,7 @@ def test_bad_config_points_at_the_line(tmp_path):
 def test_check_passes_shipped_playbooks():
     r = cli("check", "churn_winback", "dormant_wakeup", "birthday_care")
     assert r.returncode == 0 and r.stdout.count("ok  ") == 3, r.stdout + r.stderr
+    assert "3 segments, 5 tiers, 1 follow-up, channels" in r.stdout  # one follow-up is "1 follow-up"
     every = cli("check")
     shipped = len(list((Path(__file__).resolve().parents[2] / "playbooks").glob("*.yaml")))
     assert every.returncode == 0 and every.stdout.count("ok  ") == shipped >= 5, every.stdout + every.stderr
@@ -128,6 +130,12 @@ def test_generate_train_run_rerun_from_the_command_line(tmp_path):
     assert_clean_failure(again, 1, "already has 2000 customers")
     train = cli("model", "train", "--db", url)
     assert train.returncode == 0 and "validation AUC" in train.stdout, train.stderr
+    # a day before the model's data ends: plan says the model has seen what came later, and what to do
+    past = cli("plan", "churn_winback", "--as-of", "2026-06-01", "--db", url)
+    assert past.returncode == 0, past.stderr
+    assert re.search(r"warning: model churn-\S+ learned from data up to 2026-06-\d\d, after this run's day 2026-06-01",
+                     past.stderr), past.stderr
+    assert "`lifecycle model train --as-of 2026-06-01`" in past.stderr
 
     first = cli("run", "churn_winback", "--as-of", END.isoformat(), "--db", url, env=env)
     out = first.stdout + first.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -15,6 +16,21 @@ from infra.warehouse.db import open_warehouse
 from infra.warehouse.schema import customers, model_registry, orders, touches
 
 pytestmark = pytest.mark.slow
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_next_steps() -> list[list[str]]:
+    """The `lifecycle report` and `lifecycle run` lines of README's "Then:" block, as arguments."""
+    block = README.read_text().split("Then:", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    lines = [line.split("#", 1)[0].split() for line in block.splitlines()]
+    return [words[1:] for words in lines if words and words[0].endswith("lifecycle") and words[1] in ("run", "report")]
+
+
+def test_readmes_next_steps_run_today_after_the_demo_not_a_fixed_day():
+    """A fixed --as-of in README goes stale: the demo runs as of 30 days before its data ends (today)."""
+    steps = readme_next_steps()
+    assert ["run", "churn_winback"] in steps and ["report", "churn_winback"] in steps
+    assert not [s for s in steps if "--as-of" in s], steps
 
 
 def test_demo_generates_trains_runs_then_keeps_the_world(prefect_harness, sqlite_url, capsys):
@@ -47,6 +63,18 @@ def test_demo_generates_trains_runs_then_keeps_the_world(prefect_harness, sqlite
     assert low <= float(winback.group(3)) <= high
     assert "simulated true effect" in caused and "ROI" in caused
     assert "birthday_care: " in caused and "no holdout, so no lift" in caused
+
+    # README's next steps make sense after the demo: its report, a dry run and a run for today
+    for args in readme_next_steps():
+        assert main([*args, "--db", sqlite_url]) == 0, args
+        out = capsys.readouterr().out
+        assert "warning: model" not in out, out  # the demo's model learned from data up to its day, not after
+        if args[:2] == ["report", "churn_winback"]:
+            assert out.startswith(f"churn_winback v1: as-of {as_of} to {as_of};") and "money in CNY" in out
+    with engine.connect() as conn:  # today's run is a month after the demo's: its customers may enter again
+        days = conn.execute(select(touches.c.as_of).where(touches.c.playbook == "churn_winback").distinct()).all()
+        ledger_rows = conn.execute(select(func.count()).select_from(touches)).scalar_one()
+    assert len(days) == 2 and max(d[0] for d in days) > as_of + dt.timedelta(days=29)
 
     assert main(["demo", "--customers", "99", "--db", sqlite_url]) == 0
     second = capsys.readouterr().out

@@ -58,6 +58,19 @@ def _trace(engine, customer_id: str, **kw) -> dict:
     return report["decisions"][0]
 
 
+def test_a_deferred_touch_says_when_it_is_due_on_the_customers_clock(ran):
+    url, engine, ledger = ran
+    row = _one(ledger, ledger["status"] == "deferred")
+    d = _trace(engine, row["customer_id"])
+    zone = d["features"]["timezone"]
+    assert "." not in d["ledger"]["due_at"] and "." not in d["ledger"]["created_at"]
+    assert d["ledger"]["why"] == f"deferred by quiet hours; due {d['ledger']['due_local']}"
+    assert (f" {zone} (" in d["ledger"]["due_local"]) if zone not in ("UTC", "Etc/UTC") else \
+        d["ledger"]["due_local"].endswith(" UTC")
+    text = format_text(explain(engine, load_config(), row["customer_id"]))
+    assert f"    why: deferred by quiet hours; due {d['ledger']['due_local']}" in text
+
+
 def test_trace_agrees_with_the_run(ran):
     url, engine, ledger = ran
     row = _one(ledger, (ledger["status"] == "sent") & ledger["skipped"].notna())

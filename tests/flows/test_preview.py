@@ -48,3 +48,16 @@ def test_preview_holdout_is_the_runs_holdout(sqlite_url):
     again = preview(plan, engine, END - dt.timedelta(days=3))
     assert report == again  # deterministic: same warehouse, same answer
     assert report["dropped"].get("holdout", 0) <= sum(report["segments"].values())
+
+
+def test_a_sample_cut_at_its_length_ends_with_an_ellipsis():
+    report = {"playbook": "p", "version": "1", "as_of": "2026-06-30", "plan_hash": "h", "model_version": None,
+              "send_at": "2026-06-30T10:00:00+00:00", "customers": 1, "audience": 1, "unmatched": 0,
+              "tiers": [], "dropped": {}, "deferred": 0, "cost": 0.0, "currency": "CNY", "budget": None,
+              "samples": [{"segment": "a", "tier": 0, "variant": None, "customer": "C00****42", "subject": None,
+                           "body": "word " * 60},
+                          {"segment": "a", "tier": 0, "variant": None, "customer": "C00****43", "subject": None,
+                           "body": "Hi there"}]}
+    cut, whole = format_preview(report).splitlines()[-2:]
+    assert cut.endswith("word…") and len(cut.split(": ", 1)[1]) == 150
+    assert whole.endswith("C00****43: Hi there")

@@ -45,7 +45,8 @@ def test_table_shows_the_lift_per_segment_tier_and_variant_with_cost_and_roi(wor
     assert main(["report", "churn_winback", "--db", url]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0] == (f"churn_winback v1: as-of {as_of} to {as_of}; goal order.placed within 14 days; holdout 10%")
+    assert lines[0] == (f"churn_winback v1: as-of {as_of} to {as_of}; goal order.placed within 14 days; holdout 10%; "
+                        "money in CNY")
     treated = int((response.truth["arm"] == "treated").sum())
     control = int((response.truth["arm"] == "control").sum())
     assert f"{treated:,} treated vs {control:,} held out: conversion" in lines[1] and "95% CI" in lines[1]
@@ -134,3 +135,23 @@ def test_a_flow_run_gets_the_same_summary_as_data_for_its_artifacts(world):
     assert "held out: conversion" in later["markdown"] and "lifecycle report churn_winback --format html" in later["markdown"]
     assert later["table"][0]["group"] == "all" and later["table"][0]["treated"] == later["measurement"]["overall"]["treated"]["n"]
     assert "C0" not in json.dumps(later, default=str)
+
+
+def test_a_range_of_several_runs_says_what_each_decided_and_how_repeats_count(world, capsys):
+    from sqlalchemy import select
+
+    url, engine, as_of, _ = world
+    assert main(["report", "churn_winback", "--db", url]) == 0
+    out = capsys.readouterr().out
+    assert "  one run: as of " + as_of.isoformat() in out
+    later = as_of + dt.timedelta(days=3)  # a second run that decided 50 of the same customers again
+    with engine.begin() as conn:
+        rows = conn.execute(select(touches).where(touches.c.step == "main").limit(50)).mappings().all()
+        conn.execute(touches.insert(), [{**r, "touch_key": f"{r['touch_key']}-two", "as_of": later} for r in rows])
+    assert main(["report", "churn_winback", "--db", url, "--to", later.isoformat()]) == 0
+    out = capsys.readouterr().out
+    assert "  2 runs merged:" in out
+    assert f"    as of {later}: 50 customers decided (" in out and "50 of them counted from an earlier day)" in out
+    assert ("  a customer decided on several days counts once, in the arm, segment and window of the first "
+            "(50 decisions of later runs counted so;") in out
+    assert "`lifecycle report churn_winback --from DAY --to DAY` measures one run alone" in out

@@ -68,6 +68,7 @@ def _end_to_end(url, monkeypatch):
     for m in messages:
         assert m["customer_id"] == by_key[m["touch_key"]]["customer_id"]
         assert m["channel"] == by_key[m["touch_key"]]["channel"] and m["body"].strip()
+        assert m["tier"] == by_key[m["touch_key"]]["tier"] + 1  # the outbox numbers tiers from 1; the ledger from 0
 
     # nobody is touched on a channel they have not consented to for marketing
     with engine.connect() as conn:

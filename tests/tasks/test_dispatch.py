@@ -164,6 +164,11 @@ def test_dispatch_writes_every_decision_and_delivers_each_touch_once(plan, engin
     assert sorted(m["customer_id"] for m in push) == ["r1", "v2"]
     assert {m["body"] for m in push} == {"Push friend"}
     assert outbox_lines("advisor")[0]["body"] == "Advisor hello v1"
+    # the outbox numbers tiers from 1, as plan, explain and report do; the ledger's column counts from 0
+    assert {m["customer_id"]: m["tier"] for m in push} == {"v2": 3, "r1": 1} and outbox_lines("advisor")[0]["tier"] == 1
+    with engine.connect() as conn:
+        assert dict(conn.execute(select(touches.c.customer_id, touches.c.tier).where(
+            touches.c.channel == "push")).all()) == {"v2": 2, "r1": 0}
 
     again = run(plan, engine)  # same as-of date: nothing is sent twice
     assert again.sent == {} and again.already_sent == 3
@@ -187,11 +192,16 @@ def test_a_touch_in_flight_at_a_crash_is_delivered_on_rerun_with_the_same_key(pl
     assert ledger(engine)["r1"][0] == "sent"
 
 
-def test_dry_run_writes_nothing_and_previews_messages(plan, engine):
-    result = run(plan, engine, dry_run=True)
+def test_dry_run_writes_nothing_and_previews_messages(plan, engine, caplog):
+    with caplog.at_level("INFO", logger="lifecycle.dispatch"):
+        result = run(plan, engine, dry_run=True)
     assert result.sent == {"advisor": 1, "push": 2}
     assert {p["body"] for p in result.previews} == {"Advisor hello v1", "Push friend"}
     assert ledger(engine) == {} and outbox_lines("push") == []
+    # its log says what it would do, never that it sent
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "lifecycle.dispatch"]
+    assert line == ("dispatch tiers: dry run: would send {'push': 2, 'advisor': 1}, would not touch "
+                    "{'no_consent': 1}, would defer 0; nothing written or sent")
 
 
 def test_suppressed_customers_are_dropped_with_their_reason(plan, engine):

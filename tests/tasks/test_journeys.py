@@ -162,6 +162,26 @@ def test_reentry_rules(engine, tmp_path):
     assert list(admitted.index) == IDS and kept_out == 0
 
 
+
+def test_reentry_rules_hold_for_a_day_before_the_days_already_run(engine, tmp_path):
+    """A backfill (a run for a day before one already run) keeps out who entered later, as a run after
+    it would: `after 30 days` within 30 days on either side, `once` on any other day; a rerun of the
+    day already run decides the same customers again."""
+    after = make_plan(tmp_path / "after", reentry="{mode: after, days: 30}")
+    main_step(engine, after, D0, ["C1", "C2"])
+    admitted, kept_out = admit(engine, after, D0 - dt.timedelta(days=7))
+    assert list(admitted.index) == ["C3", "C4"] and kept_out == 2
+    admitted, _ = admit(engine, after, D0 - dt.timedelta(days=29))
+    assert list(admitted.index) == ["C3", "C4"]
+    admitted, _ = admit(engine, after, D0 - dt.timedelta(days=30))  # 30 days apart: the rule lets them in
+    assert list(admitted.index) == IDS
+    admitted, _ = admit(engine, after, D0)  # the same day again: the same customers
+    assert list(admitted.index) == IDS
+
+    once = make_plan(tmp_path / "once", reentry="{mode: once}")
+    admitted, kept_out = admit(engine, once, D0 - dt.timedelta(days=400))
+    assert list(admitted.index) == ["C3", "C4"] and kept_out == 2
+
 def test_customers_finish_on_the_version_they_entered(engine, tmp_path):
     v1 = make_plan(tmp_path / "v1")
     main_step(engine, v1, D0, ["C1", "C2"])

@@ -178,3 +178,80 @@ def test_variants_are_tested_against_each_other_and_the_curve_climbs_to_the_conv
     assert treated[-1] == pytest.approx(m.overall.treated.rate) and m.curve["control"][-1] == pytest.approx(0.1)
     row = measure.group_row(m.overall)
     assert row["treated"] == 200 and row["lift_pts"] == pytest.approx(20.0)
+
+
+KEEP_TIER = compile_file(SHIPPED_PLAYBOOKS / "keep_tier_reminder.yaml", load_config())  # no offers, no budget
+
+
+def _reached(n_treated=40, n_held=40, treated_buy=20, held_buy=4, amount=500.0, channel="push"):
+    spec = ([(f"T{i}", "sent", None, "low_value", 0, channel, None) for i in range(n_treated)]
+            + [(f"H{i}", "held_out", "holdout", "low_value", None, None, None) for i in range(n_held)])
+    orders = _orders([(f"T{i}", 1, amount) for i in range(treated_buy)]
+                     + [(f"H{i}", 1, amount) for i in range(held_buy)])
+    return _ledger(spec), orders
+
+
+def test_roi_is_not_a_ratio_over_a_near_zero_cost_and_says_why():
+    ledger, orders = _reached()
+    tiny = _measure(ledger, orders, fees={"push": 0.001})  # 40 pushes at 0.001: 0.04 CNY against 8,000 CNY
+    assert tiny.costs.total == pytest.approx(0.04) and tiny.overall.lift.incremental_revenue == pytest.approx(8000)
+    assert tiny.roi is None and tiny.net == pytest.approx(8000 - 0.04)
+    assert tiny.roi_note == "the cost, 0.04 CNY, is under 10 CNY: too small for a ratio"
+    text = measure.summary_markdown(tiny)
+    assert "- ROI: n/a: the cost, 0.04 CNY, is under 10 CNY" in text and "+199999" not in text
+    assert "incremental revenue minus cost: 8,000 CNY" in text
+
+    small = _measure(ledger, orders, fees={"push": 1.5})  # 60 CNY: over the floor, under 1% of 8,000
+    assert small.roi is None and small.roi_note == ("the cost, 60.00 CNY, is under 1% of the incremental revenue "
+                                                    "(8,000 CNY): too small for a ratio")
+    enough = _measure(ledger, orders, fees={"push": 2.0})  # 80 CNY: 1% of it, a ratio that means something
+    assert enough.roi == pytest.approx((8000 - 80) / 80) and enough.roi_note is None
+    assert enough.to_json()["roi"] == pytest.approx(99.0) and enough.to_json()["roi_note"] is None
+    assert tiny.to_json()["roi"] is None and tiny.to_json()["roi_note"].startswith("the cost, 0.04 CNY")
+
+
+def test_money_carries_a_currency_also_for_playbooks_without_offers():
+    from flows.reportcmd import demo_lines, format_table
+
+    ledger, orders = _reached()
+    frame = measure.outcomes(measure.assign(ledger, KEEP_TIER), orders, orders, 30, None)
+    sent = {"push": 40}
+    m = measure.measure(frame, KEEP_TIER, fees={"push": 0.5}, sent=sent, date_from=AS_OF, date_to=AS_OF, n_boot=200)
+    assert m.currency == "CNY"  # neither budget nor offers: the project's default
+    (money_line,) = [line for line in demo_lines([m]) if "incremental revenue" in line]
+    assert money_line.strip().startswith("incremental revenue 8,000 CNY, cost 20.00 CNY, ROI n/a (the cost, 20.00 CNY, "
+                                         "is under 1% of the incremental revenue (8,000 CNY)")
+    eur = measure.measure(frame, KEEP_TIER, fees={"push": 0.5}, sent=sent, date_from=AS_OF, date_to=AS_OF,
+                          n_boot=200, currency="EUR")  # lifecycle.yaml defaults.currency
+    table = format_table(eur)
+    assert "money in EUR" in table.splitlines()[0] and "8,000 EUR revenue" in table and "cost: 20.00 EUR" in table
+    assert measure.currency_of(PLAN, "EUR") == "CNY"  # a playbook with a budget shows the budget's currency
+
+
+def test_a_customer_held_out_on_one_day_and_treated_on_another_is_in_neither_arm():
+    first = _ledger([("A", "held_out", "holdout", "low_value", None, None, None),
+                     ("B", "sent", None, "low_value", 0, "push", None),
+                     ("C", "held_out", "holdout", "low_value", None, None, None)])
+    redrawn = first.assign(as_of=AS_OF + dt.timedelta(days=7), status=["sent", "sent", "held_out"],
+                           reason=[None, None, "holdout"], tier=[0, 0, None])  # the salt changed between runs
+    rows = pd.concat([first, redrawn])
+    frame = measure.outcomes(measure.assign(rows, PLAN), _orders([("A", 9, 80.0)]), _orders([("A", 9, 80.0)]), 14, None)
+    assert frame.loc["A", "arm"] == measure.BOTH_ARMS and frame.loc["B", "arm"] == "treated"
+    m = measure.measure(frame, PLAN, fees={}, sent={"push": 3}, date_from=AS_OF, date_to=AS_OF, n_boot=100)
+    assert (m.overall.treated.n, m.overall.control.n, m.both_arms) == (1, 1, 1)
+    assert m.overall.control.conversions == 0  # A's order, after a touch, is no control conversion
+    assert any(n.startswith("1 customer held out on one as-of day and treated on another") for n in m.notes)
+    assert measure.runs_of(frame, rows) == [
+        {"as_of": AS_OF.isoformat(), "customers": 3, "treated": 1, "held_out": 1, "counted_earlier": 0},
+        {"as_of": (AS_OF + dt.timedelta(days=7)).isoformat(), "customers": 3, "treated": 1, "held_out": 1,
+         "counted_earlier": 3}]
+
+
+def test_report_json_numbers_tiers_from_1_as_the_labels_do():
+    spec = ([(f"C{i}", "sent", None, "mid_value", 0, "sms", "coupon") for i in range(30)]
+            + [(f"G{i}", "sent", None, "mid_value", 0, "sms", "gift") for i in range(30)]
+            + [(f"H{i}", "held_out", "holdout", "mid_value", 0, "sms", None) for i in range(30)])
+    data = _measure(_ledger(spec), _orders([("C1", 2, 50.0)])).to_json()
+    assert [(t["label"], t["tier"]) for t in data["tiers"]] == [("mid_value / tier 1 sms", 1)]
+    assert {v["tier"] for v in data["variants"]} == {1} and data["variant_tests"][0]["tier"] == 1
+    assert data["overall"]["tier"] is None

@@ -147,7 +147,7 @@ def test_retries_transient_failures_with_one_idempotency_key_and_dead_letters_re
     assert limited[1] - limited[0] >= 0.95  # Retry-After: 1 honoured
     body = next(r["body"] for r in provider.requests if r["customer_id"] == "ok-1")
     assert {"customer_id", "playbook", "step", "tier", "variant", "channel", "message", "offer"} <= set(body)
-    assert body["playbook"] == "hooks" and body["tier"] == 0 and body["offer"]["code"].startswith("spring-")
+    assert body["playbook"] == "hooks" and body["tier"] == 1 and body["offer"]["code"].startswith("spring-")
     assert body["message"] == f"Hi ok-1, code {body['offer']['code']}"
 
 
