@@ -60,8 +60,8 @@ def run(source: Source, cutoffs: list[dt.date], horizon_days: int = 90) -> Backt
     frames = []
     versions = {}
     for cutoff in cutoffs:
-        model = fit_at(source, cutoff, horizon_days)
         feats, y = labelled(source, cutoff, horizon_days)
+        model = fit_at(source, cutoff, horizon_days, today=feats)  # what it scores is its drift reference
         params = bgnbd.fit_features(feats)
         frames.append(pd.DataFrame({
             "cutoff": cutoff.isoformat(), "customer_id": feats.index, "label": y.to_numpy(),
