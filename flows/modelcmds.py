@@ -108,7 +108,8 @@ def model_score(args: argparse.Namespace) -> int:
     # file always has them
     top = shown.index[shown >= shown.nlargest(n).min()] if n else shown.index[:0]
     say(f"scored; reasons for the {len(top):,} highest (about 0.5 ms each)")
-    reasons = model.reasons(feats.loc[top]).reindex(feats.index).fillna("")
+    reasons = (model.reasons(feats.loc[top]) if len(top) else
+               pd.DataFrame(columns=["reason_1", "reason_2", "reason_3"], dtype=object)).reindex(feats.index).fillna("")
     for col in reasons.columns:
         out[col] = reasons[col].to_numpy()
     _csv_safe_text(out).to_csv(args.out, index=False)

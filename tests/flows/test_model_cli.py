@@ -130,3 +130,13 @@ def test_data_import_maps_event_types_and_creates_customers(tmp_path, capsys):
                  "--create-customers"]) == 0
     out = capsys.readouterr().out
     assert "imported 2 events" in out and "created 2 customers for them" in out
+
+
+def test_score_on_the_training_day_finds_no_drift(csvs, tmp_path, capsys):
+    """The model's drift reference is the buyers of its as-of day, so scoring that day compares them with themselves."""
+    orders = str(csvs / "orders.csv")
+    assert main(["model", "train", "--orders", orders, "--as-of", END.isoformat(), "--out", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    assert main(["model", "score", "--model", str(tmp_path / "m"), "--orders", orders, "--as-of", END.isoformat(),
+                 "--out", str(tmp_path / "s.csv"), "--reasons", "0"]) == 0
+    assert "  drift: none (largest PSI 0.000)" in capsys.readouterr().out.splitlines()
