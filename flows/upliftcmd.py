@@ -29,13 +29,15 @@ def add_arguments(sub, common: argparse.ArgumentParser, date_type) -> None:
 def uplift_cmd(args: argparse.Namespace) -> int:
     from flows.commands import _context, resolve_playbook
     from flows.compiler import compile_file
+    from infra.progress import Progress
     from infra.settings import lifecycle_home
     from models import registry
     from tasks.uplift import train_and_evaluate
 
     config, _, engine = _context(args)
     plan = compile_file(resolve_playbook(args.playbook), config)
-    model, ev, history = train_and_evaluate(engine, plan, args.start, args.end)
+    model, ev, history = train_and_evaluate(engine, plan, args.start, args.end,
+                                            progress=Progress(sys.stderr, "uplift: "))
     if not args.no_register:
         registry.save(engine, model)
     folder = Path(args.out) if args.out else lifecycle_home() / "reports" / "uplift" / plan.name

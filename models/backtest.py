@@ -66,7 +66,8 @@ def run(source: Source, cutoffs: list[dt.date], horizon_days: int = 90, *,
     for i, cutoff in enumerate(cutoffs, 1):
         step = say.under(f"cutoff {i} of {len(cutoffs)} ({cutoff}): ")
         feats, y = labelled(source, cutoff, horizon_days)
-        step(f"{len(feats):,} customers to score, {y.mean() if len(y) else 0:.0%} churned in the {horizon_days} days after")
+        step(f"{len(feats):,} customers to score, {y.mean() if len(y) else 0:.0%} churned in the "
+             f"{horizon_days} days after")
         model = fit_at(source, cutoff, horizon_days, today=feats,  # what it scores is its drift reference
                        progress=step.under("training: "))
         params = bgnbd.fit_features(feats)

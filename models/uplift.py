@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from infra.errors import ModelError
+from infra.progress import Progress, quiet
 from models.churn import MODEL_FEATURES
 from models.churn import PARAMS as CHURN_PARAMS
 
@@ -65,12 +66,12 @@ def _split(index: pd.Index, share: float, salt: str) -> np.ndarray:
     return np.fromiter((int.from_bytes(d, "big") / 2**32 < share for d in digest), dtype=bool, count=len(index))
 
 
-def _fit_arm(x: np.ndarray, y: np.ndarray, names: tuple[str, ...], stop: np.ndarray) -> lgb.Booster:
+def _fit_arm(x: np.ndarray, y: np.ndarray, names: tuple[str, ...], stop: np.ndarray, *callbacks) -> lgb.Booster:
     params = {**PARAMS, "min_data_in_leaf": max(PARAMS["min_data_in_leaf"], len(y) // 100)}
     train = lgb.Dataset(x[~stop], y[~stop], feature_name=list(names), free_raw_data=True)
     valid = lgb.Dataset(x[stop], y[stop], reference=train)
     booster = lgb.train(params, train, num_boost_round=MAX_ROUNDS, valid_sets=[valid],
-                        callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
+                        callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False), *callbacks])
     return lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
 
 
@@ -114,8 +115,9 @@ class UpliftModel:
 
 
 def fit(frame: pd.DataFrame, treated: np.ndarray, converted: np.ndarray, *, playbook: str, as_of: dt.date,
-        window_days: int, meta: dict[str, Any] | None = None) -> UpliftModel:
+        window_days: int, meta: dict[str, Any] | None = None, progress: Progress | None = None) -> UpliftModel:
     """Train the two arms' models on `frame` (features; one row per customer) with their arm and outcome."""
+    say = quiet(progress)
     treated, converted = np.asarray(treated, dtype=bool), np.asarray(converted, dtype=bool)
     counts = {"treated": int(treated.sum()), "control": int((~treated).sum()),
               "treated_conversions": int((converted & treated).sum()),
@@ -133,8 +135,12 @@ def fit(frame: pd.DataFrame, treated: np.ndarray, converted: np.ndarray, *, play
     names = inputs(frame)
     x = matrix(frame, names)
     stop = _split(frame.index, 0.2, f"uplift-stop|{playbook}")
-    boosters = {arm: _fit_arm(x[mask], converted[mask].astype(int), names, stop[mask])
-                for arm, mask in (("treated", treated), ("control", ~treated))}
+    boosters = {}
+    for arm, mask in (("treated", treated), ("control", ~treated)):
+        say(f"fitting the {arm} arm's model on {int(mask.sum()):,} customers "
+            f"({int((converted & mask).sum()):,} converted)")
+        boosters[arm] = _fit_arm(x[mask], converted[mask].astype(int), names, stop[mask],
+                                 say.trees(f"{arm} arm", MAX_ROUNDS))
     fingerprint = hashlib.sha256(pd.util.hash_pandas_object(frame[list(names)], index=True).values.tobytes()
                                  + treated.tobytes() + converted.tobytes()).hexdigest()[:12]
     recipe = json.dumps({"params": PARAMS, "inputs": list(names), "lightgbm": lgb.__version__}, sort_keys=True)
@@ -225,7 +231,8 @@ class Budget:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Budget:
         def interval(d: dict[str, Any]) -> tuple[float, float, float]:
-            return tuple(np.nan if d[k] is None else float(d[k]) for k in ("value", "low", "high"))  # type: ignore[return-value]
+            value, low, high = (np.nan if d[k] is None else float(d[k]) for k in ("value", "low", "high"))
+            return value, low, high
 
         return cls(float(data["share"]), int(data["n"]), interval(data["uplift"]), interval(data["risk"]),
                    interval(data["difference"]), {arm: int(x) for arm, x in data["conversions"].items()})

@@ -121,7 +121,9 @@ def test_cli_registers_the_model_and_a_playbook_gates_on_it(history, tmp_path):
     url, engine, plan, _, _, folder = history
     r = cli("uplift", str(folder / "bands" / "uplift_probe.yaml"), "--db", url, "--out", str(tmp_path), "--format", "json")
     assert r.returncode == 0, r.stderr
-    report = json.loads(r.stdout)
+    report = json.loads(r.stdout)  # nothing but the JSON on stdout: how far along it is goes to stderr
+    stages = r.stderr.splitlines()
+    assert stages[0].startswith("uplift: history: ") and any(s.startswith("uplift: judging on ") for s in stages)
     assert report["registered"] and report["evaluation"]["area"]["uplift"] > report["evaluation"]["area"]["risk"]
     assert (tmp_path / "uplift.png").stat().st_size > 5000 and "data:image/png" in (tmp_path / "uplift.html").read_text()
     stored = tasks_uplift.latest(engine, "uplift_probe")
