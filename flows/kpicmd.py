@@ -21,6 +21,10 @@ if TYPE_CHECKING:  # tasks.kpis imports Prefect; argument parsing must not pay f
     from tasks.kpis import Kpis
 
 RETENTION_COLUMNS = 12  # months after the first order shown in tables (the chart shows them all)
+COHORT_FLAGS = ["days", "days_in_month", "complete", "age_days", "settled"]
+MATURING = ("A cohort marked maturing signed up in a month that ended under 90 days before the period's end: its "
+            "rates so far are not comparable with older cohorts' (fewer of its customers have had time to order "
+            "again, and its 30-day rate counts only its quickest first buyers); the charts draw it apart.")
 
 
 def add_arguments(sub, common: argparse.ArgumentParser, date_type) -> None:
@@ -94,7 +98,7 @@ def _labelled(frame: pd.DataFrame, key: str) -> pd.DataFrame:
 
     out = frame.copy()
     out[key] = [partial_label(row, key) for row in frame.to_dict("records")]
-    return out.drop(columns=PERIOD_COLUMNS)
+    return out.drop(columns=[c for c in (*PERIOD_COLUMNS, "age_days", "settled") if c in out.columns])
 
 
 def _monthly_view(k: Kpis) -> pd.DataFrame:
@@ -129,8 +133,8 @@ def format_table(k: Kpis) -> str:
     cohort_cols = ["cohort", "signed_up", "first_order", "second_order", "third_plus", "first_order_rate",
                    "repeat_rate", "third_plus_rate", "repurchase_30d_rate", "aov"]
     lines += ["", f"by sign-up cohort (rates: signed up -> first order -> second -> third+; 30d: "
-                  f"{REPURCHASE_DEFINITION})"]
-    lines += _frame_text(_labelled(k.cohorts[cohort_cols + ["days", "days_in_month", "complete"]], "cohort"), {
+                  f"{REPURCHASE_DEFINITION})", f"  {MATURING}"]
+    lines += _frame_text(_labelled(k.cohorts[cohort_cols + COHORT_FLAGS], "cohort"), {
         **{c: _pct for c in cohort_cols if c.endswith("_rate")}, "aov": _money,
         **{c: count for c in ("signed_up", "first_order", "second_order", "third_plus")}})
     view = _retention_view(k)
@@ -156,7 +160,7 @@ def markdown(k: Kpis, paths: dict[str, Path] | None = None, *, images: bool = Tr
     from models.report import png_data_uri
 
     cohort_cols = ["cohort", "signed_up", "first_order", "second_order", "third_plus", "repeat_rate",
-                   "repurchase_30d_rate", "aov", "days", "days_in_month", "complete"]
+                   "repurchase_30d_rate", "aov", *COHORT_FLAGS]
     monthly = _monthly_view(k)
     parts = [f"# {headline(k)[0]}", "", *(f"- {line}" for line in headline(k)[1:]), ""]
     if images and paths:
@@ -193,7 +197,7 @@ def write_report(k: Kpis, folder: Path | str) -> dict[str, Path]:
         "<h2>By month</h2><p>Active: an order in the 90 days up to the month's end. Engaged: any interaction "
         "in the month.</p>", _html_table(monthly, {"revenue": _money, "aov": _money}),
         "<h2>By sign-up cohort</h2><p>Rates: signed up &rarr; first order &rarr; second order &rarr; third or later; "
-        f"30d: {html.escape(REPURCHASE_DEFINITION)}.</p>",
+        f"30d: {html.escape(REPURCHASE_DEFINITION)}. {html.escape(MATURING)}</p>",
         _html_table(_labelled(k.cohorts, "cohort"), {**{c: _pct for c in k.cohorts.columns if c.endswith("_rate")},
                                                      "revenue": _money, "aov": _money}),
         "<h2>Retention</h2><p>Share of a cohort's buyers ordering k months after the month of their first order, "
@@ -251,15 +255,14 @@ def _ticks(ax, labels: pd.Series, frame: pd.DataFrame) -> None:
     ax.set_xticks(list(range(len(shown))), shown, rotation=60, fontsize=7)
 
 
-def _partial_note(ax, k: Kpis, handles: list | None = None, loc: str = "upper left") -> None:
-    """A legend entry for the partial month's look, when there is one."""
+def _apart_note(ax, label: str | None, handles: list | None = None, loc: str = "upper left") -> None:
+    """A legend entry saying what is drawn apart (dashed, hollow, hatched) and why, when something is."""
     from matplotlib.patches import Patch
 
-    if k.partial is None:
+    if label is None:
         return
     handles = handles if handles is not None else ax.get_legend_handles_labels()[0]
-    handles = [*handles, Patch(facecolor="white", edgecolor="#666666", hatch="//",
-                               label=f"{k.partial}: partial, drawn apart")]
+    handles = [*handles, Patch(facecolor="white", edgecolor="#666666", hatch="//", label=label)]
     ax.legend(handles=handles, fontsize=7, loc=loc)
 
 
@@ -278,7 +281,8 @@ def monthly_figure(k: Kpis):
     _bars(left, x, m["new_buyers"], whole, "#e08a1e", "first order in the month", alpha=.6)
     left.set(title="Customers by month", ylabel="customers")
     left.legend(fontsize=7, loc="upper left")
-    _partial_note(left, k)
+    note = f"{k.partial}: partial, drawn apart" if k.partial else None
+    _apart_note(left, note)
     _bars(right, x, m["orders"], whole, "#cccccc", "orders")
     right.set(title="Orders and average order value", ylabel="orders", ylim=(0, max(m["orders"].max(), 1) * 1.3))
     aov = right.twinx()
@@ -287,7 +291,7 @@ def monthly_figure(k: Kpis):
     aov.set(ylabel="average order value", ylim=(0, max(top, 1.0) * 1.4))
     handles = right.get_legend_handles_labels()[0] + aov.get_legend_handles_labels()[0]
     right.legend(handles=handles, fontsize=7, loc="upper left")
-    _partial_note(right, k, handles)
+    _apart_note(right, note, handles)
     for ax in (left, right):
         _ticks(ax, m["month"], m)
     return fig
@@ -299,7 +303,7 @@ def cohort_figure(k: Kpis):
 
     c = k.cohorts
     x = np.arange(len(c))
-    whole = c["complete"].to_numpy(dtype=bool)
+    whole = c["settled"].to_numpy(dtype=bool)  # a partial sign-up month is never settled
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     signed = c["signed_up"].replace(0, float("nan"))
     for col, label, color in (("first_order", "first order", "#1b6ca8"), ("second_order", "second order", "#3a9d5d"),
@@ -310,7 +314,8 @@ def cohort_figure(k: Kpis):
     left.set(title="Funnel by sign-up cohort", ylabel="%", ylim=(0, 100))
     _ticks(left, c["cohort"], c)
     left.legend(fontsize=7, loc="lower left")
-    _partial_note(left, k, loc="lower left")
+    _apart_note(left, None if whole.all() else "dashed, hollow: maturing (its month ended under 90 days ago)",
+                loc="lower left")
     r = k.retention
     if r.empty:
         right.set_axis_off()

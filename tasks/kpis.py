@@ -16,7 +16,10 @@ months from `start` to `end`, with data up to the end of the `end` day.
 
 A month `end` cuts short (data to 7 December: 7 of 31 days) is partial: its row (and the cohort that
 signed up in it) says so (`days`, `days_in_month`, `complete`), the outputs mark it and draw it apart,
-and retention leaves it out, so the last month's few days never read as a fall.
+and retention leaves it out, so the last month's few days never read as a fall. A cohort whose sign-up
+month ended under COHORT_SETTLED_DAYS before `end` is still maturing (`age_days`, `settled`): its rates so
+far are not comparable with older cohorts' (the funnel has had less time; the 30-day repurchase rate
+counts its quickest first buyers only: August's read 57% in early September and 48% by December).
 
 Orders and customers no step can hold (infra/warehouse/limits.py: dated 0001-01-01 or 9999-12-31, an
 infinite amount) are left out here as in a run's extract, so one such row cannot skew every month or
@@ -49,11 +52,13 @@ REPURCHASE_DEFINITION = (f"a second order within {REPURCHASE_DAYS} days of the f
                          f"all {REPURCHASE_DAYS} days")
 DEFAULT_MONTHS = 12
 PERIOD_COLUMNS = ["days", "days_in_month", "complete"]  # how much of a month (or a cohort's sign-up month) is seen
+COHORT_SETTLED_DAYS = 90  # days after its sign-up month before a cohort's rates are compared with older ones
 MONTHLY_COLUMNS = ["month", "signups", "new_buyers", "buyers", "orders", "revenue", "aov", "active_90d", "engaged",
                    *PERIOD_COLUMNS]
 COHORT_COLUMNS = ["cohort", "signed_up", "first_order", "second_order", "third_plus", "first_order_rate",
                   "repeat_rate", "third_plus_rate", "repurchase_30d_eligible",
-                  "repurchase_30d", "repurchase_30d_rate", "orders", "revenue", "aov", *PERIOD_COLUMNS]
+                  "repurchase_30d", "repurchase_30d_rate", "orders", "revenue", "aov", *PERIOD_COLUMNS,
+                  "age_days", "settled"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,9 @@ class Kpis:
             "definitions": {"active_days": ACTIVE_DAYS, "repurchase_days": REPURCHASE_DAYS, "months": "calendar, UTC",
                             "repurchase_30d": REPURCHASE_DEFINITION,
                             "complete": "false for a month the period's end cuts short (and the cohort that signed "
-                                        "up in it): not comparable with whole months; retention leaves it out"},
+                                        "up in it): not comparable with whole months; retention leaves it out",
+                            "settled": f"false for a cohort whose sign-up month ended under {COHORT_SETTLED_DAYS} "
+                                       "days before the period's end (age_days): its rates are still moving"},
             "partial_month": self.partial,
             "totals": {k: _plain(v) for k, v in self.totals.items()},
             "monthly": records(self.monthly),
@@ -150,8 +157,11 @@ def last_complete_month(end: dt.date) -> int:
 
 
 def partial_label(row: Any, key: str = "month") -> str:
-    """"2026-12 (7 of 31 days)" for a month the period cuts short, else the month alone."""
-    return str(row[key]) if row["complete"] else f"{row[key]} ({int(row['days'])} of {int(row['days_in_month'])} days)"
+    """"2026-12 (7 of 31 days)" for a month the period cuts short, "2026-10 (maturing)" for a cohort not yet
+    settled, else the month alone."""
+    if not row["complete"]:
+        return f"{row[key]} ({int(row['days'])} of {int(row['days_in_month'])} days)"
+    return f"{row[key]} (maturing)" if "settled" in row and not row["settled"] else str(row[key])
 
 
 def last_order_day(engine: Engine) -> dt.date | None:
@@ -310,6 +320,9 @@ def _cohorts(conn: Connection, first: dt.date, end: dt.date, stop: dt.datetime) 
     frame = frame.sort_values("index").reset_index(drop=True)
     frame["cohort"] = frame["index"].map(_label)
     frame = _with_period(_rates(frame), end)
+    month_ends = [add_months(dt.date(int(i) // 12, int(i) % 12 + 1, 1), 1) - dt.timedelta(days=1) for i in frame["index"]]
+    frame["age_days"] = pd.Series([max((end - last).days, 0) for last in month_ends], index=frame.index, dtype="int64")
+    frame["settled"] = frame["complete"] & (frame["age_days"] >= COHORT_SETTLED_DAYS)
 
     # retention: distinct buyers per (cohort, months since their first-order month), and how many
     # buyers of each cohort had that month in view (joins go from the orders to customers' primary key:

@@ -104,6 +104,10 @@ def test_a_partial_last_month_is_marked_in_the_table_json_and_html(world, tmp_pa
     assert data["partial_month"] == "2026-06 (10 of 30 days)"
     assert [m["complete"] for m in data["monthly"]] == [True] * 11 + [False]
     assert data["cohorts"][-1]["cohort"] == "2026-06" and data["cohorts"][-1]["complete"] is False
+    # cohorts whose month ended under 90 days before 10 June are still maturing: March's (71 days) is
+    assert [(c["cohort"], c["settled"]) for c in data["cohorts"]][-5:] == [
+        ("2026-02", True), ("2026-03", False), ("2026-04", False), ("2026-05", False), ("2026-06", False)]
+    assert re.search(r"^  2026-03 \(maturing\) +[\d,]+ ", r.stdout, re.M) and "A cohort marked maturing" in r.stdout
     page = (tmp_path / "kpis.html").read_text()
     assert "<td>2026-06 (10 of 30 days)</td>" in page and "is partial" in page
 
@@ -152,6 +156,10 @@ def test_the_charts_draw_a_partial_month_apart(world):
     plt.close(fig)
     fig = cohort_figure(k)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()][-1] == "2026-06 (10/30 days)"
+    first = next(line for line in fig.axes[0].get_lines() if line.get_label().startswith("first order"))
+    settled = k.cohorts["settled"].to_numpy()
+    assert np.isnan(first.get_ydata()[~settled]).all() and not np.isnan(first.get_ydata()[settled]).any()
+    assert any("maturing" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
     assert all(isinstance(line, Line2D) for line in fig.axes[0].get_lines())
     plt.close(fig)
     # a period of whole months draws every line solid, as before
