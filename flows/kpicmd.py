@@ -22,9 +22,14 @@ if TYPE_CHECKING:  # tasks.kpis imports Prefect; argument parsing must not pay f
 
 RETENTION_COLUMNS = 12  # months after the first order shown in tables (the chart shows them all)
 COHORT_FLAGS = ["days", "days_in_month", "complete", "age_days", "settled"]
-MATURING = ("A cohort marked maturing signed up in a month that ended under 90 days before the period's end: its "
-            "rates so far are not comparable with older cohorts' (fewer of its customers have had time to order "
-            "again, and its 30-day rate counts only its quickest first buyers); the charts draw it apart.")
+
+
+def _maturing() -> str:
+    from tasks.kpis import COHORT_SETTLED_DAYS
+
+    return (f"A cohort marked maturing signed up in a month that ended under {COHORT_SETTLED_DAYS} days before the "
+            "period's end: its rates so far are not comparable with older cohorts' (fewer of its customers have had "
+            "time to order again, and its 30-day rate counts only its quickest first buyers); the charts draw it apart.")
 
 
 def add_arguments(sub, common: argparse.ArgumentParser, date_type) -> None:
@@ -133,7 +138,7 @@ def format_table(k: Kpis) -> str:
     cohort_cols = ["cohort", "signed_up", "first_order", "second_order", "third_plus", "first_order_rate",
                    "repeat_rate", "third_plus_rate", "repurchase_30d_rate", "aov"]
     lines += ["", f"by sign-up cohort (rates: signed up -> first order -> second -> third+; 30d: "
-                  f"{REPURCHASE_DEFINITION})", f"  {MATURING}"]
+                  f"{REPURCHASE_DEFINITION})", f"  {_maturing()}"]
     lines += _frame_text(_labelled(k.cohorts[cohort_cols + COHORT_FLAGS], "cohort"), {
         **{c: _pct for c in cohort_cols if c.endswith("_rate")}, "aov": _money,
         **{c: count for c in ("signed_up", "first_order", "second_order", "third_plus")}})
@@ -197,7 +202,7 @@ def write_report(k: Kpis, folder: Path | str) -> dict[str, Path]:
         "<h2>By month</h2><p>Active: an order in the 90 days up to the month's end. Engaged: any interaction "
         "in the month.</p>", _html_table(monthly, {"revenue": _money, "aov": _money}),
         "<h2>By sign-up cohort</h2><p>Rates: signed up &rarr; first order &rarr; second order &rarr; third or later; "
-        f"30d: {html.escape(REPURCHASE_DEFINITION)}. {html.escape(MATURING)}</p>",
+        f"30d: {html.escape(REPURCHASE_DEFINITION)}. {html.escape(_maturing())}</p>",
         _html_table(_labelled(k.cohorts, "cohort"), {**{c: _pct for c in k.cohorts.columns if c.endswith("_rate")},
                                                      "revenue": _money, "aov": _money}),
         "<h2>Retention</h2><p>Share of a cohort's buyers ordering k months after the month of their first order, "
@@ -314,8 +319,10 @@ def cohort_figure(k: Kpis):
     left.set(title="Funnel by sign-up cohort", ylabel="%", ylim=(0, 100))
     _ticks(left, c["cohort"], c)
     left.legend(fontsize=7, loc="lower left")
-    _apart_note(left, None if whole.all() else "dashed, hollow: maturing (its month ended under 90 days ago)",
-                loc="lower left")
+    from tasks.kpis import COHORT_SETTLED_DAYS
+
+    _apart_note(left, None if whole.all() else f"dashed, hollow: maturing (its month ended under "
+                f"{COHORT_SETTLED_DAYS} days ago)", loc="lower left")
     r = k.retention
     if r.empty:
         right.set_axis_off()
