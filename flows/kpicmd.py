@@ -29,7 +29,8 @@ def _maturing() -> str:
 
     return (f"A cohort marked maturing signed up in a month that ended under {COHORT_SETTLED_DAYS} days before the "
             "period's end: its rates so far are not comparable with older cohorts' (fewer of its customers have had "
-            "time to order again, and its 30-day rate counts only its quickest first buyers); the charts draw it apart.")
+            "time to order again, and its 30-day rate counts only its quickest first buyers); the charts draw it "
+            "apart.")
 
 
 def add_arguments(sub, common: argparse.ArgumentParser, date_type) -> None:

@@ -320,7 +320,8 @@ def _cohorts(conn: Connection, first: dt.date, end: dt.date, stop: dt.datetime) 
     frame = frame.sort_values("index").reset_index(drop=True)
     frame["cohort"] = frame["index"].map(_label)
     frame = _with_period(_rates(frame), end)
-    month_ends = [add_months(dt.date(int(i) // 12, int(i) % 12 + 1, 1), 1) - dt.timedelta(days=1) for i in frame["index"]]
+    month_ends = [add_months(dt.date(int(i) // 12, int(i) % 12 + 1, 1), 1) - dt.timedelta(days=1)
+                  for i in frame["index"]]
     frame["age_days"] = pd.Series([max((end - last).days, 0) for last in month_ends], index=frame.index, dtype="int64")
     frame["settled"] = frame["complete"] & (frame["age_days"] >= COHORT_SETTLED_DAYS)
 

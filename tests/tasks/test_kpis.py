@@ -163,7 +163,8 @@ def test_a_month_the_period_cuts_short_is_marked_and_left_out_of_retention(sqlit
     # the cohorts signed up in whole months are whole, but January's and February's ended 69 and 41 days
     # before 10 April: still maturing; by 30 June (150 and 122 days) they have settled
     assert k.cohorts["complete"].all()
-    assert k.cohorts[["cohort", "age_days", "settled"]].values.tolist() == [["2026-01", 69, False], ["2026-02", 41, False]]
+    assert k.cohorts[["cohort", "age_days", "settled"]].values.tolist() == [["2026-01", 69, False],
+                                                                          ["2026-02", 41, False]]
     later = compute(_tiny(sqlite_url.replace(".db", "3.db")), dt.date(2026, 1, 1), dt.date(2026, 6, 30))
     assert later.cohorts[["age_days", "settled"]].values.tolist() == [[150, True], [122, True]]
     assert compute(_tiny(sqlite_url.replace(".db", "2.db")), dt.date(2026, 1, 1), dt.date(2026, 4, 30)).partial is None
