@@ -275,9 +275,10 @@ def data_generate(args: argparse.Namespace) -> int:
 
 def _train(engine: Engine, as_of: dt.date, horizon: int):
     from flows.training import train
+    from infra.progress import Progress
 
     started = time.perf_counter()
-    model = train(engine, as_of, horizon)
+    model = train(engine, as_of, horizon, progress=Progress(sys.stderr, "training: ", started=started))
     m = model.metrics
     print(f"model: trained {model.version} in {time.perf_counter() - started:.1f} s: validation AUC {m['valid_auc']:.3f} "
           f"on {m['valid_examples']:,} customers (churn base rate {m['valid_base_rate']:.0%}), "

@@ -56,13 +56,16 @@ def _as_of(args: argparse.Namespace, source: Source) -> dt.date:
 
 
 def model_train(args: argparse.Namespace) -> int:
+    import sys
+
     from flows.training import fit_at
+    from infra.progress import Progress
     from models import registry
 
     source, engine = _source(args)
     as_of = _as_of(args, source)
     started = time.perf_counter()
-    model = fit_at(source, as_of, args.horizon_days)
+    model = fit_at(source, as_of, args.horizon_days, progress=Progress(sys.stderr, "training: ", started=started))
     m = model.metrics
     print(f"model: trained {model.version} in {time.perf_counter() - started:.1f} s on {source.describe()}, "
           f"data up to {as_of}")
@@ -79,6 +82,9 @@ def model_train(args: argparse.Namespace) -> int:
 
 
 def model_score(args: argparse.Namespace) -> int:
+    import sys
+
+    from infra.progress import Progress
     from models import registry
     from models.reasons import joined
     from tasks.features import build_features
@@ -88,8 +94,10 @@ def model_score(args: argparse.Namespace) -> int:
     source, _ = _source(args)
     as_of = _as_of(args, source)
     started = time.perf_counter()
+    say = Progress(sys.stderr, "scoring: ", started=started)
     feats = build_features(source.extract(as_of))
     feats = feats[feats["orders_total"] > 0]
+    say(f"features of {len(feats):,} buyers as of {as_of}")
     model.check_schema(feats)
     scores = model.predict(feats)
     scored = feats.assign(churn_score=scores)
@@ -99,7 +107,9 @@ def model_score(args: argparse.Namespace) -> int:
     # everyone tied with the n-th highest score as written gets reasons too, so "the top n" of the
     # file always has them
     top = shown.index[shown >= shown.nlargest(n).min()] if n else shown.index[:0]
-    reasons = model.reasons(feats.loc[top]).reindex(feats.index).fillna("")
+    say(f"scored; reasons for the {len(top):,} highest (about 0.5 ms each)")
+    reasons = (model.reasons(feats.loc[top]) if len(top) else
+               pd.DataFrame(columns=["reason_1", "reason_2", "reason_3"], dtype=object)).reindex(feats.index).fillna("")
     for col in reasons.columns:
         out[col] = reasons[col].to_numpy()
     _csv_safe_text(out).to_csv(args.out, index=False)
@@ -127,13 +137,16 @@ def _csv_safe_text(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def model_backtest(args: argparse.Namespace) -> int:
+    import sys
+
+    from infra.progress import Progress
     from models import backtest, report
 
     source, _ = _source(args)
     last = _as_of(args, source)
     cutoffs = backtest.default_cutoffs(last, args.horizon_days, n=args.cutoffs)
     started = time.perf_counter()
-    bt = backtest.run(source, cutoffs, args.horizon_days)
+    bt = backtest.run(source, cutoffs, args.horizon_days, progress=Progress(sys.stderr, "backtest: ", started=started))
     paths = report.write(bt, args.out, title=f"Churn backtest: {source.describe()}")
     print(f"backtest over cutoffs {', '.join(c.isoformat() for c in cutoffs)} "
           f"({len(bt.predictions):,} customer-cutoffs, {time.perf_counter() - started:.0f} s)")

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from flows.training import fit_at, labelled
+from infra.progress import Progress, quiet
 from models import bgnbd
 from models.calibration import Platt
 from models.metrics import all_metrics
@@ -56,12 +57,19 @@ def _recency_z(feats: pd.DataFrame) -> np.ndarray:
     return expit(np.log1p(feats["recency_days"].astype("float64").to_numpy()) - 4.0)
 
 
-def run(source: Source, cutoffs: list[dt.date], horizon_days: int = 90) -> Backtest:
+def run(source: Source, cutoffs: list[dt.date], horizon_days: int = 90, *,
+        progress: Progress | None = None) -> Backtest:
+    """Train and score at each cutoff; `progress`: a line per stage of each (default: silent)."""
+    say = quiet(progress)
     frames = []
     versions = {}
-    for cutoff in cutoffs:
-        model = fit_at(source, cutoff, horizon_days)
+    for i, cutoff in enumerate(cutoffs, 1):
+        step = say.under(f"cutoff {i} of {len(cutoffs)} ({cutoff}): ")
         feats, y = labelled(source, cutoff, horizon_days)
+        step(f"{len(feats):,} customers to score, {y.mean() if len(y) else 0:.0%} churned in the "
+             f"{horizon_days} days after")
+        model = fit_at(source, cutoff, horizon_days, today=feats,  # what it scores is its drift reference
+                       progress=step.under("training: "))
         params = bgnbd.fit_features(feats)
         frames.append(pd.DataFrame({
             "cutoff": cutoff.isoformat(), "customer_id": feats.index, "label": y.to_numpy(),
@@ -71,6 +79,7 @@ def run(source: Source, cutoffs: list[dt.date], horizon_days: int = 90) -> Backt
             "bgnbd": params.p_no_purchase(*bgnbd.rfm(feats), horizon_days),
         }))
         versions[cutoff.isoformat()] = model.version
+        step("scored by the model, the base rate, recency alone and BG/NBD")
     preds = pd.concat(frames, ignore_index=True)
     result = Backtest(horizon_days, cutoffs, preds, models=versions)
     for cutoff, group in preds.groupby("cutoff"):

@@ -23,6 +23,7 @@ import pandas as pd
 import scipy
 
 from infra.errors import ModelError
+from infra.progress import Progress, quiet
 from models import bgnbd, compiled
 from models.calibration import Platt
 from tasks.catalog import BY_NAME, FEATURES
@@ -51,6 +52,9 @@ PARAMS = {
     "deterministic": True,
 }
 MAX_ROUNDS, EARLY_STOP = 1500, 60
+# What the stored drift reference describes (part of the version: a model retrained by code that builds
+# it differently is a new model, not the old row re-promoted with its old reference).
+DRIFT_REFERENCE = "buyers at as_of, the run's even sample"
 
 
 def usable_features(features: pd.DataFrame) -> tuple[str, ...]:
@@ -252,12 +256,14 @@ class ChurnModel:
 
 def fit(train: list[tuple[pd.DataFrame, pd.Series]], stop: tuple[pd.DataFrame, pd.Series],
         calibrate: tuple[pd.DataFrame, pd.Series], *, as_of: dt.date, horizon_days: int,
-        params: bgnbd.BGNBD, meta: dict | None = None) -> ChurnModel:
+        params: bgnbd.BGNBD, meta: dict | None = None, progress: Progress | None = None) -> ChurnModel:
     """Train on the stacked training cutoffs, stop early on `stop`, fit calibration on `calibrate`.
 
     `stop` and `calibrate` are disjoint customers of the latest cutoff: the trees never learn from
-    either, and the calibration never sees the rows that chose the number of trees.
+    either, and the calibration never sees the rows that chose the number of trees. The drift
+    reference is the caller's to add (`flows/training.py`: the buyers at `as_of`, whom runs compare).
     """
+    say = quiet(progress)
     names = usable_features(train[0][0])
     build = lambda x: model_matrix(x, names, params=params, horizon_days=horizon_days)  # noqa: E731
     x_train = pd.concat([build(x) for x, _ in train])
@@ -277,10 +283,15 @@ def fit(train: list[tuple[pd.DataFrame, pd.Series]], stop: tuple[pd.DataFrame, p
                          init_score=prior_logit(x_train.to_numpy(), names))
     dstop = lgb.Dataset(x_stop.to_numpy(), y_stop.to_numpy(), reference=dtrain,
                         init_score=prior_logit(x_stop.to_numpy(), names))
+    say(f"fitting trees on {len(x_train):,} examples (at most {MAX_ROUNDS:,}; early stopping watches "
+        f"{len(x_stop):,} customers)")
     booster = lgb.train(PARAMS, dtrain, num_boost_round=MAX_ROUNDS, valid_sets=[dstop],
-                        callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
+                        callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False),
+                                   say.trees("fitting", MAX_ROUNDS)])
     # keep only the trees early stopping chose, so every later predict (and SHAP) uses the same model
     booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+    say(f"kept {booster.current_iteration():,} trees (the best on the early-stopping customers); calibrating on "
+        f"{len(x_cal):,} customers")
     raw_cal = tree_probability(booster, x_cal.to_numpy(), names)
     platt = Platt.fit(raw_cal, y_cal.to_numpy())
     from models.metrics import brier, roc_auc
@@ -299,8 +310,6 @@ def fit(train: list[tuple[pd.DataFrame, pd.Series]], stop: tuple[pd.DataFrame, p
     fingerprint = hashlib.sha256(
         pd.util.hash_pandas_object(x_train, index=True).values.tobytes()
     ).hexdigest()[:12]
-    from models.drift import reference
-
     all_meta = {
         **(meta or {}),
         "data_fingerprint": fingerprint,
@@ -308,14 +317,12 @@ def fit(train: list[tuple[pd.DataFrame, pd.Series]], stop: tuple[pd.DataFrame, p
         "bgnbd": params.to_dict(),
         "prior_mean": float(prior_logit(x_train.to_numpy(), names).mean()),
         "calibration": platt.to_dict(),
-        "drift_reference": reference(pd.concat([stop[0], calibrate[0]]),
-                                     np.concatenate([platt.apply(tree_probability(booster, x_stop.to_numpy(), names)), p_cal])),
         "libraries": {"lightgbm": lgb.__version__, "pandas": pd.__version__, "numpy": np.__version__,
                       "scipy": scipy.__version__, "python": platform.python_version()},
     }
     # The version names the data *and* the recipe, so retraining the same data with other code or
     # settings registers a new model instead of re-promoting the old one.
     recipe = json.dumps({"params": PARAMS, "inputs": list(names), "boost_from": PRIOR,
-                         "lightgbm": lgb.__version__}, sort_keys=True)
+                         "lightgbm": lgb.__version__, "drift_reference": DRIFT_REFERENCE}, sort_keys=True)
     version = f"churn-{as_of:%Y%m%d}-h{horizon_days}-{hashlib.sha256((fingerprint + recipe).encode()).hexdigest()[:12]}"
     return ChurnModel(booster, version, as_of, horizon_days, names, metrics, all_meta)

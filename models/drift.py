@@ -1,7 +1,9 @@
 """Drift: the population stability index (PSI) of scores and key features, scoring time vs training.
 
-At training, `reference` stores decile edges and shares of the latest cutoff's scores and key
-features in the model. At scoring, `compare` bins today's values on the same edges. PSI above
+At training, `reference` stores decile edges and shares of the scores and key features of the
+buyers at the as-of day, the even sample a run's check takes, scored as a run scores them
+(flows/training.py), in the model. At scoring, `compare` bins today's values on the same edges: the
+same population, so a run on the training day finds nothing, and what moves after it is drift. PSI above
 WARN (0.1) is a warning ops see in the Prefect UI; above STOP (0.25) the playbook's policy applies:
 "warn" (default) keeps going, "stop" raises a RunError naming the playbook and what drifted.
 """

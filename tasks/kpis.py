@@ -7,12 +7,19 @@ months from `start` to `end`, with data up to the end of the `end` day.
 
 - active customers: bought in the 90 days up to the month's end (or up to `end` in the last month);
 - engaged: any interaction (visit, view, open, click, group message) in the month, when there are events;
-- repurchase within 30 days: second order within 30 days of the first, among customers whose first
-  order is at least 30 days before `end` (the others cannot have had their 30 days yet);
+- repurchase within 30 days: REPURCHASE_DEFINITION (one sentence, said the same way in the table,
+  the JSON and the HTML);
 - repeat rate: customers with 2+ orders among those with any order (up to `end`);
 - funnel per sign-up cohort: signed up -> first order -> second order -> third or later;
 - retention: the share of a cohort's buyers ordering in month k after the month of their first order,
-  counted only where month k has been seen (first-order month + k <= the month of `end`).
+  counted only where month k has been seen whole (first-order month + k <= the last complete month).
+
+A month `end` cuts short (data to 7 December: 7 of 31 days) is partial: its row (and the cohort that
+signed up in it) says so (`days`, `days_in_month`, `complete`), the outputs mark it and draw it apart,
+and retention leaves it out, so the last month's few days never read as a fall. A cohort whose sign-up
+month ended under COHORT_SETTLED_DAYS before `end` is still maturing (`age_days`, `settled`): its rates so
+far are not comparable with older cohorts' (the funnel has had less time; the 30-day repurchase rate
+counts its quickest first buyers only: August's read 57% in early September and 48% by December).
 
 Orders and customers no step can hold (infra/warehouse/limits.py: dated 0001-01-01 or 9999-12-31, an
 infinite amount) are left out here as in a run's extract, so one such row cannot skew every month or
@@ -40,11 +47,18 @@ from tasks.extract import last_order_day as _last_order_day
 
 ACTIVE_DAYS = 90
 REPURCHASE_DAYS = 30
+REPURCHASE_DEFINITION = (f"a second order within {REPURCHASE_DAYS} days of the first, among customers whose first "
+                         f"order is at least {REPURCHASE_DAYS} days before the period's end, so that each has had "
+                         f"all {REPURCHASE_DAYS} days")
 DEFAULT_MONTHS = 12
-MONTHLY_COLUMNS = ["month", "signups", "new_buyers", "buyers", "orders", "revenue", "aov", "active_90d", "engaged"]
+PERIOD_COLUMNS = ["days", "days_in_month", "complete"]  # how much of a month (or a cohort's sign-up month) is seen
+COHORT_SETTLED_DAYS = 90  # days after its sign-up month before a cohort's rates are compared with older ones
+MONTHLY_COLUMNS = ["month", "signups", "new_buyers", "buyers", "orders", "revenue", "aov", "active_90d", "engaged",
+                   *PERIOD_COLUMNS]
 COHORT_COLUMNS = ["cohort", "signed_up", "first_order", "second_order", "third_plus", "first_order_rate",
                   "repeat_rate", "third_plus_rate", "repurchase_30d_eligible",
-                  "repurchase_30d", "repurchase_30d_rate", "orders", "revenue", "aov"]
+                  "repurchase_30d", "repurchase_30d_rate", "orders", "revenue", "aov", *PERIOD_COLUMNS,
+                  "age_days", "settled"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,12 @@ class Kpis:
     totals: dict[str, Any] = field(default_factory=dict)
     has_events: bool = False
 
+    @property
+    def partial(self) -> str | None:
+        """The month `end` cuts short, as "2026-12 (7 of 31 days)", or None when every month is whole."""
+        return partial_label(self.monthly.iloc[-1]) if len(self.monthly) and not self.monthly.iloc[-1]["complete"] \
+            else None
+
     def to_json(self) -> dict[str, Any]:
         """Plain data: numbers rounded, missing values as null."""
         def records(frame: pd.DataFrame) -> list[dict]:
@@ -66,7 +86,13 @@ class Kpis:
 
         return {
             "from": self.start.isoformat(), "to": self.end.isoformat(), "has_events": self.has_events,
-            "definitions": {"active_days": ACTIVE_DAYS, "repurchase_days": REPURCHASE_DAYS, "months": "calendar, UTC"},
+            "definitions": {"active_days": ACTIVE_DAYS, "repurchase_days": REPURCHASE_DAYS, "months": "calendar, UTC",
+                            "repurchase_30d": REPURCHASE_DEFINITION,
+                            "complete": "false for a month the period's end cuts short (and the cohort that signed "
+                                        "up in it): not comparable with whole months; retention leaves it out",
+                            "settled": f"false for a cohort whose sign-up month ended under {COHORT_SETTLED_DAYS} "
+                                       "days before the period's end (age_days): its rates are still moving"},
+            "partial_month": self.partial,
             "totals": {k: _plain(v) for k, v in self.totals.items()},
             "monthly": records(self.monthly),
             "cohorts": records(self.cohorts),
@@ -107,6 +133,35 @@ def _label(index: int) -> str:
 
 def _instant(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time())
+
+
+def _seen(index: int, end: dt.date) -> tuple[int, int]:
+    """(days of month `index` up to `end`, days in that month)."""
+    first = dt.date(index // 12, index % 12 + 1, 1)
+    days_in_month = (add_months(first, 1) - first).days
+    return (days_in_month if index < _index(end) else end.day), days_in_month
+
+
+def _with_period(frame: pd.DataFrame, end: dt.date) -> pd.DataFrame:
+    """`days`, `days_in_month` and `complete` for each row's month (the `index` column)."""
+    seen = [_seen(int(i), end) for i in frame["index"]]
+    frame["days"] = pd.Series([d for d, _ in seen], index=frame.index, dtype="int64")
+    frame["days_in_month"] = pd.Series([n for _, n in seen], index=frame.index, dtype="int64")
+    frame["complete"] = frame["days"] == frame["days_in_month"]
+    return frame
+
+
+def last_complete_month(end: dt.date) -> int:
+    """The month index of the last month seen whole up to `end`."""
+    return _index(end) if (end + dt.timedelta(days=1)).day == 1 else _index(end) - 1
+
+
+def partial_label(row: Any, key: str = "month") -> str:
+    """"2026-12 (7 of 31 days)" for a month the period cuts short, "2026-10 (maturing)" for a cohort not yet
+    settled, else the month alone."""
+    if not row["complete"]:
+        return f"{row[key]} ({int(row['days'])} of {int(row['days_in_month'])} days)"
+    return f"{row[key]} (maturing)" if "settled" in row and not row["settled"] else str(row[key])
 
 
 def last_order_day(engine: Engine) -> dt.date | None:
@@ -214,7 +269,7 @@ def _monthly(conn: Connection, first: dt.date, end: dt.date, stop: dt.datetime, 
     if with_events:
         out["engaged"] = out["engaged"].fillna(0).astype("int64")
     out["month"] = out["index"].map(_label)
-    return out[MONTHLY_COLUMNS]
+    return _with_period(out, end)[MONTHLY_COLUMNS]
 
 
 def _cohorts(conn: Connection, first: dt.date, end: dt.date, stop: dt.datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -264,18 +319,23 @@ def _cohorts(conn: Connection, first: dt.date, end: dt.date, stop: dt.datetime) 
     frame["revenue"] = frame["revenue"].astype("float64").round(2)
     frame = frame.sort_values("index").reset_index(drop=True)
     frame["cohort"] = frame["index"].map(_label)
-    frame = _rates(frame)
+    frame = _with_period(_rates(frame), end)
+    month_ends = [add_months(dt.date(int(i) // 12, int(i) % 12 + 1, 1), 1) - dt.timedelta(days=1)
+                  for i in frame["index"]]
+    frame["age_days"] = pd.Series([max((end - last).days, 0) for last in month_ends], index=frame.index, dtype="int64")
+    frame["settled"] = frame["complete"] & (frame["age_days"] >= COHORT_SETTLED_DAYS)
 
     # retention: distinct buyers per (cohort, months since their first-order month), and how many
     # buyers of each cohort had that month in view (joins go from the orders to customers' primary key:
     # joining two derived tables would be quadratic in SQLite)
     k = (r.m - r.m0).label("k")
     by_customer = ranked.join(customers, c.customer_id == r.customer_id)
-    retained = _rows(conn, select(cohort, k, func.count(distinct(r.customer_id))).select_from(by_customer)
-                     .group_by(cohort, k))
+    retained = _rows(conn, select(cohort, r.m0, k, func.count(distinct(r.customer_id))).select_from(by_customer)
+                     .group_by(cohort, r.m0, k))
     starts = _rows(conn, select(cohort, r.m0, func.count()).select_from(by_customer).where(r.rn == 1)
                    .group_by(cohort, r.m0))
-    return frame[COHORT_COLUMNS + ["index"]].drop(columns="index"), _retention(retained, starts, _index(end))
+    return frame[COHORT_COLUMNS + ["index"]].drop(columns="index"), _retention(retained, starts,
+                                                                                last_complete_month(end))
 
 
 def _rates(frame: pd.DataFrame) -> pd.DataFrame:
@@ -291,16 +351,18 @@ def _rates(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _retention(retained: list[tuple], starts: list[tuple], last: int) -> pd.DataFrame:
-    """Share of a cohort's buyers ordering k months after their first-order month, among those who could."""
+    """Share of a cohort's buyers ordering k months after their first-order month, among those whose month k
+    is seen whole (`last`: the last complete month): a month the period cuts short counts for nobody."""
     if not starts:
         return pd.DataFrame(dtype="float64")
     s = pd.DataFrame(starts, columns=["cohort", "m0", "n"]).astype("int64")
-    ret = pd.DataFrame(retained, columns=["cohort", "k", "n"]).astype("int64")
+    ret = pd.DataFrame(retained, columns=["cohort", "m0", "k", "n"]).astype("int64")
+    ret = ret[ret["m0"] + ret["k"] <= last]
     horizon = last - int(s["m0"].min())
     out = {}
     for cohort, group in s.groupby("cohort"):
         m0, n = group["m0"].to_numpy(), group["n"].to_numpy()
-        got = ret[ret["cohort"] == cohort].set_index("k")["n"]
+        got = ret[ret["cohort"] == cohort].groupby("k")["n"].sum()
         row = {}
         for k in range(horizon + 1):
             eligible = int(n[m0 + k <= last].sum())
@@ -330,6 +392,7 @@ def _totals(cohorts: pd.DataFrame, monthly: pd.DataFrame) -> dict[str, Any]:
         "orders": int(monthly["orders"].sum()), "revenue": round(float(monthly["revenue"].sum()), 2),
         "active_90d_latest": int(last["active_90d"]) if last is not None else 0,
         "latest_month": str(last["month"]) if last is not None else None,
+        "latest_month_complete": bool(last["complete"]) if last is not None else None,
     }
 
 

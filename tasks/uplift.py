@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 
 from flows.plan import Plan
 from infra.errors import ModelError
+from infra.progress import Progress, quiet
 from infra.warehouse.schema import model_registry, touches
 from models import uplift
 from tasks import guardrails, measure
@@ -59,9 +60,11 @@ def history(engine: Engine, plan: Plan, date_from: dt.date | None = None, date_t
     return frame
 
 
-def train_and_evaluate(engine: Engine, plan: Plan, date_from: dt.date | None = None,
-                       date_to: dt.date | None = None) -> tuple[uplift.UpliftModel, uplift.Evaluation, pd.DataFrame]:
-    """Fit on 70% of the history's customers, judge on the rest; the evaluation is kept in the model's metadata."""
+def train_and_evaluate(engine: Engine, plan: Plan, date_from: dt.date | None = None, date_to: dt.date | None = None, *,
+                       progress: Progress | None = None) -> tuple[uplift.UpliftModel, uplift.Evaluation, pd.DataFrame]:
+    """Fit on 70% of the history's customers, judge on the rest; the evaluation is kept in the model's metadata.
+    `progress`: a line per stage (the command passes one; default: silent)."""
+    say = quiet(progress)
     if plan.goal is None:
         raise ModelError(f"{plan.name} has no goal, so there is nothing to learn uplift on",
                          hint="add `goal: {event: order.placed, window_days: 14}` and let it run with a holdout",
@@ -71,6 +74,8 @@ def train_and_evaluate(engine: Engine, plan: Plan, date_from: dt.date | None = N
         raise ModelError(f"no randomised history for {plan.name}: no held-out or treated customers whose goal "
                          "window is over", hint="run the playbook with experiment.holdout_percent > 0 and wait "
                          f"{plan.goal.window_days} days after a run", code="L509")
+    say(f"history: {len(h):,} customers of the runs {min(h['as_of'])} to {max(h['as_of'])} whose goal window is "
+        "over, with their features as of each decision")
     judged = guardrails.buckets(list(h.index), "uplift-eval", plan.name) < EVAL_PERCENT
     train, test = h[~judged], h[judged]
     names = uplift.inputs(h.drop(columns=["as_of", "arm", "treated", "converted"]))
@@ -78,7 +83,8 @@ def train_and_evaluate(engine: Engine, plan: Plan, date_from: dt.date | None = N
                        playbook=plan.name, as_of=max(h["as_of"]), window_days=plan.goal.window_days,
                        meta={"goal": plan.goal.event, "plan_hash": plan.plan_hash,
                              "history": {"from": str(min(h["as_of"])), "to": str(max(h["as_of"])),
-                                         "customers": int(len(h))}})
+                                         "customers": int(len(h))}}, progress=progress)
+    say(f"judging on {len(test):,} held-out customers ({uplift.DRAWS:,} bootstrap resamples)")
     risk = test["churn_score"].to_numpy(dtype=float)
     ev = uplift.evaluate(model.predict(test).to_numpy(), risk, test["treated"].to_numpy(), test["converted"].to_numpy())
     model.meta["evaluation"] = ev.to_json()

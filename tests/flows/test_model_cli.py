@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -25,8 +26,18 @@ def csvs(tmp_path_factory):
 def test_train_and_score_from_csv_with_no_warehouse(csvs, tmp_path, capsys):
     orders = str(csvs / "orders.csv")
     assert main(["model", "train", "--orders", orders, "--as-of", END.isoformat(), "--out", str(tmp_path / "m")]) == 0
-    out = capsys.readouterr().out
-    assert "without events" in out and "written to" in out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "without events" in out and "written to" in out and out.startswith("model: trained")
+    # how far along it is, on stderr only: each stage with its counts and the seconds since the start
+    stages = captured.err.splitlines()
+    assert re.fullmatch(r"training: examples at 2026-04-01 \(1 of 5 cutoffs\): [\d,]+ buyers, \d+% churned in the "
+                        r"90 days after, \d+ s", stages[0]), stages
+    assert sum("of 5 cutoffs" in line for line in stages) == 5
+    assert any(re.fullmatch(r"training: kept [\d,]+ trees .*calibrating on [\d,]+ customers, \d+ s", line)
+               for line in stages), stages
+    assert re.fullmatch(r"training: drift reference: [\d,]+ buyers at 2026-06-30, \d+ s", stages[-1]), stages
+    assert "training:" not in out
     assert not (tmp_path / "home" / "warehouse.db").exists()
     latest = (tmp_path / "m" / "LATEST").read_text().strip()
     meta = json.loads((tmp_path / "m" / latest / "model.json").read_text())
@@ -40,7 +51,9 @@ def test_train_and_score_from_csv_with_no_warehouse(csvs, tmp_path, capsys):
     assert frame["churn_probability"].between(0, 1).all()
     top = frame.nlargest(50, "churn_probability")
     assert (top["reason_1"] != "").all()
-    assert "drift" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "drift" in captured.out and "scoring:" not in captured.out
+    assert re.match(r"scoring: features of [\d,]+ buyers as of 2026-06-30, \d+ s\n", captured.err), captured.err
 
     # a model trained with events refuses data without them, saying what differs
     assert main(["model", "train", "--orders", orders, "--events", str(csvs / "events.csv"), "--as-of",
@@ -55,6 +68,14 @@ def test_backtest_writes_json_html_and_charts(csvs, tmp_path, capsys):
     out = tmp_path / "bt"
     assert main(["model", "backtest", "--orders", str(csvs / "orders.csv"), "--events", str(csvs / "events.csv"),
                  "--as-of", END.isoformat(), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("backtest over cutoffs") and "backtest:" not in captured.out
+    # a line per stage of each cutoff on stderr, training's own stages inside
+    stages = captured.err.splitlines()
+    assert stages[0].startswith("backtest: cutoff 1 of 3 (2026-01-31): ") and " customers to score, " in stages[0]
+    assert any(line.startswith("backtest: cutoff 2 of 3 (2026-03-02): training: examples at ") for line in stages)
+    assert re.fullmatch(r"backtest: cutoff 3 of 3 \(2026-04-01\): scored by the model, the base rate, recency alone "
+                        r"and BG/NBD, \d+ s", stages[-1]), stages
     result = json.loads((out / "backtest.json").read_text())
     assert len(result["cutoffs"]) == 3
     assert set(result["pooled"]) == {"lightgbm", "base_rate", "recency", "bgnbd"}
@@ -137,3 +158,13 @@ def test_data_import_takes_consents_and_suppressions_and_the_configured_timezone
     assert "column reason: 'spam' is not one of complaint, hard_bounce, manual" in err and str(errors) in err
     assert main(["data", "import", "customers", str(people), "--db", db, "--default-timezone", "Asia/Shangai"]) == 2
     assert "error[L350]" in capsys.readouterr().err
+
+
+def test_score_on_the_training_day_finds_no_drift(csvs, tmp_path, capsys):
+    """The model's drift reference is the buyers of its as-of day, so scoring that day compares them with themselves."""
+    orders = str(csvs / "orders.csv")
+    assert main(["model", "train", "--orders", orders, "--as-of", END.isoformat(), "--out", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    assert main(["model", "score", "--model", str(tmp_path / "m"), "--orders", orders, "--as-of", END.isoformat(),
+                 "--out", str(tmp_path / "s.csv"), "--reasons", "0"]) == 0
+    assert "  drift: none (largest PSI 0.000)" in capsys.readouterr().out.splitlines()

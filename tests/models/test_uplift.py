@@ -46,8 +46,58 @@ def test_uplift_targeting_beats_risk_targeting_at_the_same_budget():
     full = ev.at(1.0)
     assert full["uplift"] == pytest.approx(full["risk"]) == pytest.approx(full["random"])
     assert any("top 20%" in line for line in ev.lines())
+    # a clear effect on 4,000 customers: the verdict names the winner with an interval clear of 0
+    verdict = ev.to_json()["verdict"]
+    assert verdict["winner"] == "uplift" and verdict["difference"]["low"] > 0 and verdict["too_thin"] == []
+    assert ev.lines()[-1].startswith("verdict at a budget of 20% of customers: uplift targeting finds more "
+                                     "incremental conversions than churn-risk targeting: +")
     # what the registry keeps reads back to the same verdict (a report shows it without retraining)
     assert uplift.Evaluation.from_json(ev.to_json()).lines() == ev.lines()
+
+
+def test_a_thin_held_out_set_names_no_winner():
+    """976 held-out customers with 23 conversions (the issue's case): the point estimates differ, so a rule on
+    them would crown one ranking; the interval and the conversions behind it say there is no telling."""
+    rng = np.random.default_rng(7)
+    n = 976
+    treated = rng.uniform(size=n) < 0.9
+    converted = np.zeros(n, dtype=bool)
+    converted[rng.choice(np.flatnonzero(treated), 20, replace=False)] = True
+    converted[rng.choice(np.flatnonzero(~treated), 3, replace=False)] = True
+    ev = uplift.evaluate(rng.uniform(size=n), rng.uniform(size=n), treated, converted)
+    r = ev.at(0.2)
+    assert r["uplift"] != r["risk"]  # what the old verdict read a winner from
+    assert ev.winner() is None and ev.winner(0.2) is None
+    verdict = ev.to_json()["verdict"]
+    assert verdict["winner"] is None and verdict["share"] == 0.2
+    assert any("held-out customers converted among those either ranking targets, fewer than 10" in why
+               for why in verdict["too_thin"]), verdict
+    assert verdict["conversions"]["control"] < 10 and "excludes 0" in verdict["rule"]
+    low, high = verdict["difference"]["low"], verdict["difference"]["high"]
+    assert low < verdict["difference"]["value"] < high
+    line = [x for x in ev.lines() if x.startswith("verdict")][0]
+    assert line.startswith("verdict at a budget of 20% of customers: too little evidence to name a winner (")
+    assert f"({low:+.1f} to {high:+.1f}) incremental conversions" in line
+    assert "finds more" not in " ".join(ev.lines())
+    # the same from what the registry keeps, and an evaluation kept before intervals names no winner either
+    assert uplift.Evaluation.from_json(ev.to_json()).lines() == ev.lines()
+    old = {k: v for k, v in ev.to_json().items() if k not in ("budgets", "verdict")}
+    before = uplift.Evaluation.from_json(old)
+    assert before.winner() is None
+    assert before.lines()[-1].startswith("verdict at a budget of 20% of customers: none: this evaluation was "
+                                         "recorded without intervals")
+
+
+def test_bootstrap_intervals_are_seeded_and_paired():
+    frame, treated, converted, _ = _world(3_000, seed=5)
+    score = frame["churn_score"].to_numpy()
+    orders = {"a": uplift.ranking(score), "b": uplift.ranking(score)}
+    one = uplift.bootstrap_gains(orders, treated, converted, (0.2, 1.0), draws=200)
+    assert np.array_equal(one["a"], uplift.bootstrap_gains(orders, treated, converted, (0.2, 1.0), draws=200)["a"])
+    assert np.array_equal(one["a"], one["b"])  # the same resamples for every ranking: differences are paired
+    # at 100% every resample's count is its own overall effect x n: centred on the observed one
+    observed = (converted[treated].mean() - converted[~treated].mean()) * len(treated)
+    assert abs(np.median(one["a"][:, 1]) - observed) < 0.1 * abs(observed) + 5
 
 
 def test_no_effect_means_no_ranking_beats_random_by_much():

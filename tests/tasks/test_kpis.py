@@ -141,3 +141,30 @@ def test_matches_a_pandas_reference_on_a_generated_world(sqlite_url):
     for k_ in (1, 2, 3):
         want_k = ref["retention"][k_]
         assert k.retention[k_].dropna().to_dict() == pytest.approx(want_k.to_dict()), k_
+
+
+def test_a_month_the_period_cuts_short_is_marked_and_left_out_of_retention(sqlite_url):
+    """Data to 10 April: April is 10 of 30 days. B's next order (15 April) is not seen yet, which is no sign
+    that B stopped: retention two months after B's February must wait for April to be over."""
+    k = compute(_tiny(sqlite_url), dt.date(2026, 1, 1), dt.date(2026, 4, 10))
+    m = k.monthly.set_index("month")
+    assert m["complete"].tolist() == [True, True, True, False]
+    assert (m.loc["2026-04", "days"], m.loc["2026-04", "days_in_month"]) == (10, 30)
+    assert (m.loc["2026-02", "days"], m.loc["2026-02", "days_in_month"]) == (28, 28)
+    assert k.partial == "2026-04 (10 of 30 days)" and k.to_json()["partial_month"] == k.partial
+    last = k.to_json()["monthly"][-1]
+    assert (last["month"], last["days"], last["days_in_month"], last["complete"]) == ("2026-04", 10, 30, False)
+    assert k.totals["latest_month_complete"] is False
+    # January's cohort: A (first order January: again in March) and B (first order February)
+    ret = k.retention.loc["2026-01"]
+    assert ret[1] == 0.0  # February for A, March for B: both seen whole, neither ordered
+    assert ret[2] == 1.0  # March for A (ordered); April for B is not over, so B is not counted (it was 1 of 2)
+    assert 3 not in k.retention.columns or pd.isna(ret[3])  # April for A: not seen whole
+    # the cohorts signed up in whole months are whole, but January's and February's ended 69 and 41 days
+    # before 10 April: still maturing; by 30 June (150 and 122 days) they have settled
+    assert k.cohorts["complete"].all()
+    assert k.cohorts[["cohort", "age_days", "settled"]].values.tolist() == [["2026-01", 69, False],
+                                                                          ["2026-02", 41, False]]
+    later = compute(_tiny(sqlite_url.replace(".db", "3.db")), dt.date(2026, 1, 1), dt.date(2026, 6, 30))
+    assert later.cohorts[["age_days", "settled"]].values.tolist() == [[150, True], [122, True]]
+    assert compute(_tiny(sqlite_url.replace(".db", "2.db")), dt.date(2026, 1, 1), dt.date(2026, 4, 30)).partial is None

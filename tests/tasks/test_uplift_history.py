@@ -121,7 +121,9 @@ def test_cli_registers_the_model_and_a_playbook_gates_on_it(history, tmp_path):
     url, engine, plan, _, _, folder = history
     r = cli("uplift", str(folder / "bands" / "uplift_probe.yaml"), "--db", url, "--out", str(tmp_path), "--format", "json")
     assert r.returncode == 0, r.stderr
-    report = json.loads(r.stdout)
+    report = json.loads(r.stdout)  # nothing but the JSON on stdout: how far along it is goes to stderr
+    stages = r.stderr.splitlines()
+    assert stages[0].startswith("uplift: history: ") and any(s.startswith("uplift: judging on ") for s in stages)
     assert report["registered"] and report["evaluation"]["area"]["uplift"] > report["evaluation"]["area"]["risk"]
     assert (tmp_path / "uplift.png").stat().st_size > 5000 and "data:image/png" in (tmp_path / "uplift.html").read_text()
     stored = tasks_uplift.latest(engine, "uplift_probe")
@@ -131,8 +133,19 @@ def test_cli_registers_the_model_and_a_playbook_gates_on_it(history, tmp_path):
     r = cli("report", probe, "--db", url, "--format", "json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["uplift_targeting"]["area"] == report["evaluation"]["area"]
+    # the verdict, with its interval (or why there is none), says the same in every output
+    verdict = report["evaluation"]["verdict"]
+    assert verdict["share"] == 0.2 and {"value", "low", "high"} <= set(verdict["difference"])
+    assert verdict["winner"] in ("uplift", "risk", None) and verdict["text"].startswith("verdict at a budget of 20%")
+    assert json.loads(r.stdout)["uplift_targeting"]["verdict"] == verdict
+    page = (tmp_path / "uplift.html").read_text()
+    assert "Which ranking finds more, with 95% intervals" in page and verdict["text"].split(" (")[0] in page
+    table = cli("report", probe, "--db", url)
+    assert table.returncode == 0 and verdict["text"].split(":")[1].strip()[:30] in table.stdout
+    assert any(line.strip().startswith("verdict at a budget of 20% of customers:") for line in table.stdout.splitlines())
     r = cli("report", probe, "--db", url, "--format", "html", "--out", str(tmp_path / "rep"))
     assert r.returncode == 0 and "Uplift vs risk targeting" in (tmp_path / "rep" / "report.html").read_text()
+    assert "verdict at a budget of 20% of customers:" in (tmp_path / "rep" / "report.html").read_text()
     assert (tmp_path / "rep" / "uplift_vs_risk.png").exists()
 
     gate = compile_file(_playbook(folder / "gate", GATE), load_config())
