@@ -23,7 +23,7 @@ from flows.artifacts import NONE, count, money, pct, uniform
 from flows.kpicmd import markdown, write_report
 from infra.settings import lifecycle_home
 from tasks.common import warehouse
-from tasks.kpis import kpis
+from tasks.kpis import kpis, partial_label
 
 ENTRYPOINT = "flows/kpiflow.py:kpi_flow"
 NAME = "kpis"
@@ -39,6 +39,7 @@ def _run_name() -> str:
 LABELS = {"signups": "signed up", "signed_up": "signed up", "new_buyers": "new buyers", "active_90d": "active (90 days)",
           "first_order": "1st order", "second_order": "2nd order", "third_plus": "3rd+ order", "aov": "AOV",
           "repurchase_30d": "2nd in 30 days"}
+PERIOD_FIELDS = {"days", "days_in_month", "complete", "age_days", "settled"}  # said by the month's label instead
 RATES = {"first_order": "first_order_rate", "second_order": "repeat_rate", "third_plus": "third_plus_rate",
          "repurchase_30d": "repurchase_30d_rate"}  # a count and the rate shown beside it
 
@@ -46,12 +47,15 @@ RATES = {"first_order": "first_order_rate", "second_order": "repeat_rate", "thir
 def table_rows(records: list[dict[str, Any]]) -> list[dict[str, str]]:
     """KPI records as a table a person reads: a count beside its rate ("189 (76.2%)"), money and counts with
     separators, readable headers, the same columns in every row. Keys this does not know are kept."""
-    shown = {rate for rate in RATES.values()} | {"repurchase_30d_eligible"}
+    shown = {rate for rate in RATES.values()} | {"repurchase_30d_eligible"} | PERIOD_FIELDS
     rows = []
     for r in records:
         row = {}
         for k, v in r.items():
             if k in shown:
+                continue
+            if k in ("month", "cohort"):  # "2026-12 (7 of 31 days)", "2026-10 (maturing)": what the flags say
+                row[LABELS.get(k, k)] = partial_label(r, k)
                 continue
             if k == "repurchase_30d":  # of the buyers whose first order is old enough to tell
                 eligible = r.get("repurchase_30d_eligible")

@@ -196,6 +196,10 @@ def test_kpi_tables_show_rates_as_percent_and_counts_with_separators(prefect_har
     assert all(re.fullmatch(r"[\d,]+ \(\d+\.\d%\)", r["1st order"]) for r in cohorts[:-1]), cohorts[0]
     assert not any(k.endswith("_rate") or "_" in k for k in cohorts[0]), list(cohorts[0])
     assert re.fullmatch(r"\d+\.\d% of [\d,]+", cohorts[0]["2nd in 30 days"]), cohorts[0]
+    # a month cut short and a maturing cohort say so in their label, not in True/False columns
+    assert not any(v in ("True", "False") for r in monthly + cohorts for v in r.values())
+    assert not {"days", "days in month", "complete", "age days", "settled"} & (set(monthly[0]) | set(cohorts[0]))
+    assert cohorts[-1]["cohort"].endswith("(maturing)"), cohorts[-1]
 
 
 @pytest.mark.slow
